@@ -1,0 +1,685 @@
+"""Data sets as in-memory tensors, and a resumable shuffled batch iterator.
+
+One entry point, ``load_dataset(name, split, data_dir, download, channels)``, returns a
+small :class:`Dataset`; ``batches(dataset, batch_size, seed)`` yields shuffled batches
+forever (the papers count iterations, not epochs).  No equation of the papers lives
+here; this module only decides which pixels the models see.
+
+Shape legend (as everywhere in the repository): B batch, N data set size, K factors,
+C, H, W image.  Images leave :meth:`Dataset.batch` as float32 in [0, 1], on the CPU.
+
+Data sets and their layout on disk
+----------------------------------
+  name           image_size          source (files in the torchvision / DeepMind layout)
+  mnist          (1, 32, 32)         <data_dir>/MNIST/raw/{train,t10k}-images-idx3-ubyte[.gz]
+                                     and .../{train,t10k}-labels-idx1-ubyte[.gz]
+  fashion-mnist  (1, 32, 32)         <data_dir>/FashionMNIST/raw/... (the same names)
+  shapes         (1, 64, 64)         generated here: a procedural dSprites (nothing on disk)
+  dsprites       (1, 64, 64)         <data_dir>/dsprites/<file> or <data_dir>/<file>, where
+                                     <file> = dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz
+  images         (channels, 64, 64)  every .png/.jpg/.jpeg below the folder <data_dir>
+
+* MNIST / Fashion-MNIST: the IDX files are read with numpy (gzip or plain, the layout
+  ``torchvision.datasets`` downloads into) and resized 28 -> 32 ONCE at load, with
+  exactly the arithmetic of ``transforms.Resize(32)`` on a PIL image (PIL's fixed-point
+  bilinear filter), so the pixels equal ``ToTensor()(Resize(32)(img))`` -- the
+  preprocessing of the JointVAE author's code, whose released weights we load.  They are
+  stored as one uint8 tensor (N, 1, 32, 32) (10 MB for 10,000 images) and turned into
+  float32 / 255 per batch.  A split loads when ITS two files are present, whatever the
+  other split has (``../shared/data/MNIST`` has the test images only).
+* ``shapes``: see :func:`render_shapes` -- the dSprites factor grid, rendered on demand.
+* ``dsprites``: DeepMind's official file; its 737,280 images are kept bit-packed
+  (``np.packbits``, 377 MB instead of 3 GB) and unpacked per batch.
+* ``images``: any folder (Chairs, CelebA): each image is resized so its shorter side is
+  64 and centre-cropped to 64 x 64 (``Resize(64)`` + ``CenterCrop(64)`` on PIL), converted
+  to grey (``channels=1``) or RGB (``channels=3``), and stored as one uint8 tensor.
+
+Offline behaviour
+-----------------
+Nothing is downloaded unless files are missing AND ``download=True``.  Then MNIST and
+Fashion-MNIST go through torchvision's own downloader (``root=data_dir``) and dSprites
+through ``urllib`` from DeepMind's GitHub repository.  With ``download=False``, or when
+the download fails (no network), a ``FileNotFoundError`` says in one sentence which
+paths were searched and how to obtain the files; the library's stack trace is dropped
+(``raise ... from None``) because it only says "no network".  A file that is present but
+corrupt (bad magic number, wrong dimensions, truncated, bad gzip/zip) raises a
+``ValueError`` naming the file.  Without network, use ``--data-dir ../shared/data``
+(MNIST test split, full Fashion-MNIST) or the generated ``shapes``.
+
+``split`` is "train" or "test" for every name; ``shapes``, ``dsprites`` and ``images``
+have a single set of images and ignore it (dSprites has no test split; the papers train
+and evaluate disentanglement on the whole grid).
+
+Nothing runs at import time: the ``shapes`` sprites are built on first use.
+"""
+
+import abc
+import functools
+import gzip
+import os
+import urllib.request
+import zipfile
+import zlib
+
+import numpy as np
+import torch
+
+DATASETS = ("mnist", "fashion-mnist", "shapes", "dsprites", "images")
+SPLITS = ("train", "test")
+
+
+# --------------------------------------------------------------------------------------
+# The data set object
+# --------------------------------------------------------------------------------------
+class Dataset(abc.ABC):
+    """A data set held in memory; images are produced per batch by ``_uint8``.
+
+    Attributes: ``name``, ``split``, ``image_size`` (C, H, W), ``labels`` (N,) int64 or
+    None, ``factors`` (N, K) int64 or None, ``factor_names``, ``factor_sizes``.
+    """
+
+    def __init__(self, name, split, image_size, n, divisor, labels=None, factors=None,
+                 factor_names=None, factor_sizes=None):
+        self.name = name
+        self.split = split
+        self.image_size = tuple(image_size)
+        self._n = int(n)
+        # uint8 -> [0, 1]: / 255 for grey levels (as ToTensor does), / 1 for binary sprites
+        self._divisor = divisor
+        self.labels = labels  # (N,) int64 or None
+        self.factors = factors  # (N, K) int64 or None
+        self.factor_names = factor_names
+        self.factor_sizes = factor_sizes
+
+    def __len__(self):
+        return self._n
+
+    def __repr__(self):
+        return (f"Dataset(name={self.name!r}, split={self.split!r}, n={self._n}, "
+                f"image_size={self.image_size}, factors={self.factor_names})")
+
+    def batch(self, indices):
+        """Images ``indices`` (B,) -> float32 tensor (B, C, H, W) in [0, 1] on the CPU."""
+        idx = torch.as_tensor(indices, dtype=torch.long)  # (B,)
+        if idx.dim() != 1:
+            raise ValueError(f"batch() takes a 1-D tensor of indices, got shape "
+                             f"{tuple(idx.shape)}.")
+        x = self._uint8(idx).float()  # (B, C, H, W)
+        if self._divisor != 1:
+            x.div_(self._divisor)
+        return x
+
+    def index_of(self, factor_values):
+        """Factor indices (B, K) -> data set indices (B,); only for the factor-grid sets."""
+        raise ValueError(f"data set {self.name!r} has no factor grid; index_of() works for "
+                         f"'shapes' and 'dsprites' only.")
+
+    @abc.abstractmethod
+    def _uint8(self, idx):
+        """Indices (B,) -> uint8 images (B, C, H, W); each data set stores them its own way."""
+
+
+class _TensorDataset(Dataset):
+    """Images stored as one uint8 tensor (N, C, H, W): mnist, fashion-mnist, images."""
+
+    def __init__(self, name, split, images, labels=None):
+        super().__init__(name, split, images.shape[1:], images.shape[0], 255, labels)
+        self.images = images  # (N, C, H, W) uint8
+
+    def _uint8(self, idx):
+        return self.images[idx]  # (B, C, H, W)
+
+
+# --------------------------------------------------------------------------------------
+# Factor grids (shapes, dsprites)
+# --------------------------------------------------------------------------------------
+FACTOR_NAMES = ["shape", "scale", "orientation", "posX", "posY"]
+FACTOR_SIZES = [3, 6, 40, 32, 32]
+N_GRID = int(np.prod(FACTOR_SIZES))  # 737,280
+# Row-major strides over the grid: posY fastest, as in dSprites' latents_classes.
+_STRIDES = torch.tensor([int(np.prod(FACTOR_SIZES[k + 1:])) for k in range(5)])  # (K,)
+
+
+def _check_factor_indices(f, sizes=FACTOR_SIZES):
+    """Shared validation of a (B, K) array of factor indices; returns it as int64 numpy."""
+    f = np.asarray(f)
+    integer = np.issubdtype(f.dtype, np.integer) or f.size == 0
+    if f.ndim != 2 or f.shape[1] != len(sizes) or not integer:
+        raise ValueError(f"factor indices must be an integer array of shape (B, {len(sizes)}), "
+                         f"got {f.dtype} {f.shape}.")
+    f = f.astype(np.int64, copy=False)  # (B, K)
+    if ((f < 0) | (f >= np.asarray(sizes))).any():
+        raise ValueError(f"factor indices out of range: column k must lie in [0, size_k) "
+                         f"with sizes {list(sizes)}.")
+    return f
+
+
+def _grid_index(factor_values):
+    """Ravel factor indices (B, K) into the row-major grid index (B,), validated."""
+    f = torch.from_numpy(_check_factor_indices(factor_values))  # (B, K)
+    return (f * _STRIDES).sum(1)  # (B,)
+
+
+def _grid_factors():
+    """All grid rows in row-major order: (N_GRID, K) int64, posY fastest."""
+    i = torch.arange(N_GRID)  # (N,)
+    sizes = torch.tensor(FACTOR_SIZES)  # (K,)
+    return (i[:, None] // _STRIDES) % sizes  # (N, K)
+
+
+# --------------------------------------------------------------------------------------
+# shapes: a procedural dSprites
+# --------------------------------------------------------------------------------------
+SHAPE_NAMES = ("square", "ellipse", "heart")
+SHAPE_SCALES = np.linspace(0.5, 1.0, 6)  # dSprites' scale values
+SHAPE_ORIENTATIONS = np.arange(40) * (2 * np.pi / 40)  # k * 2pi/40, in [0, 2pi)
+SHAPE_POSITIONS = np.linspace(0.0, 1.0, 32)  # dSprites' posX / posY values
+
+_CANVAS = 64  # image side
+_SPRITE = 32  # sprite box side; EVEN, so the box centre is a pixel corner and np.rot90
+#               of the box is an exact rotation about the sprite's centre
+_SUPERSAMPLE = 4  # 4 x 4 samples per pixel; a pixel is on when >= half of them are inside
+# Shape sizes at scale 1, in pixels, chosen to look like dSprites (see render_shapes):
+_SQUARE_HALF = 10.0  # 20 x 20 square; half-diagonal 14.1
+_ELLIPSE_AXES = (14.0, 7.0)  # semi-axes: 28 x 14 px, clearly elongated (2 : 1)
+_HEART_UNIT = 9.0  # pixels per unit of the heart curve (about 21 x 23 px)
+# Every shape stays within radius 15 px of its centre at every orientation, so in the
+# 32 px box (radius 16) its outermost pixel ring is always empty: nothing is clipped.
+
+
+def _heart_inside(u, v):
+    """Inside of the heart curve a^2 + (v - sqrt|a|)^2 = 1 with a = u / 1.15 (v up).
+
+    Two unit-circle lobes lifted by sqrt|a|: a deep notch at the top (v = 1 against lobes
+    at 1.58) and a sharp point at the bottom (v = -1), which keep it a recognisable heart
+    even at scale 0.5 (11 px); the 1.15 widens it to the square's width.
+    """
+    a = u / 1.15
+    return a * a + (v - np.sqrt(np.abs(a))) ** 2 <= 1
+
+
+@functools.lru_cache(maxsize=1)
+def _heart_centroid_v():
+    """v of the heart's area centroid (~0.61): we centre the heart there so that, like the
+    square and the ellipse, it rotates about and is positioned by its centre of mass."""
+    t = np.linspace(-2.0, 2.0, 1601)  # the curve lies in |u| <= 1.15, -1 <= v < 1.58
+    inside = _heart_inside(t[None, :], t[:, None])  # (1601, 1601): rows index v
+    return float((inside * t[:, None]).sum() / inside.sum())
+
+
+@functools.lru_cache(maxsize=1)
+def _sprite_bank():
+    """All 3 x 6 x 40 = 720 centred sprites, uint8 {0,1} (3, 6, 40, 32, 32), built once.
+
+    Orientation k < 10 is rasterised from the rotated shape; orientation k + 10 m is
+    ``np.rot90(sprite_k, m)``.  Why: the box centre is a pixel corner and the 4 x 4
+    sample pattern is symmetric, so rot90 of the array IS the rasterisation of the shape
+    rotated by 90 degrees, without any new rounding.  Hence a square at orientation k and
+    k + 10 (and an ellipse at k and k + 20) give bit-identical images -- the shape's
+    symmetry holds exactly in pixels, as it does for the continuous shape, rather than
+    up to a few boundary pixels that flip with floating-point noise.
+    """
+    n = _SPRITE * _SUPERSAMPLE
+    # Sample coordinates in pixels, box centre at 0; symmetric: t[::-1] == -t exactly.
+    t = (np.arange(n) + 0.5) / _SUPERSAMPLE - _SPRITE / 2  # (n,)
+    x = t[None, :]  # (1, n) columns, to the right
+    y = -t[:, None]  # (n, 1) rows run down the image, y runs up
+    heart_v0 = _heart_centroid_v()
+    bank = np.empty((3, 6, 40, _SPRITE, _SPRITE), np.uint8)
+    for j, scale in enumerate(SHAPE_SCALES):
+        for k in range(10):
+            c, s = np.cos(SHAPE_ORIENTATIONS[k]), np.sin(SHAPE_ORIENTATIONS[k])
+            # Rotate the sample points by -theta, i.e. the shape by +theta
+            # (counter-clockwise on screen); divide by scale to use the scale-1 shape.
+            u = (c * x + s * y) / scale  # (n, n)
+            v = (-s * x + c * y) / scale  # (n, n)
+            inside = (
+                np.maximum(np.abs(u), np.abs(v)) <= _SQUARE_HALF,
+                (u / _ELLIPSE_AXES[0]) ** 2 + (v / _ELLIPSE_AXES[1]) ** 2 <= 1,
+                _heart_inside(u / _HEART_UNIT, v / _HEART_UNIT + heart_v0),
+            )
+            for shape in range(3):
+                hits = inside[shape].reshape(_SPRITE, _SUPERSAMPLE, _SPRITE, _SUPERSAMPLE)
+                hits = hits.sum(axis=(1, 3))  # (32, 32) samples inside, out of 16
+                sprite = (2 * hits >= _SUPERSAMPLE ** 2).astype(np.uint8)  # (32, 32)
+                for m in range(4):
+                    bank[shape, j, k + 10 * m] = np.rot90(sprite, m)  # +90 deg per m
+    bank.setflags(write=False)  # shared by every call: nobody may modify it
+    return bank
+
+
+def render_shapes(factor_indices):
+    """Render procedural dSprites: factor indices (B, 5) -> uint8 images (B, 64, 64) in {0, 1}.
+
+    Columns (shape, scale, orientation, posX, posY) index the dSprites values: shape in
+    (square, ellipse, heart), scale ``linspace(0.5, 1, 6)``, orientation ``k * 2pi / 40``
+    (counter-clockwise on screen), posX / posY ``linspace(0, 1, 32)`` (posX left to right,
+    posY top to bottom, i.e. array order).  Pure: same input, same output, no state but a
+    cache of the 720 centred sprites built on the first call (~0.05 s, 0.7 MB).
+
+    Geometry: each sprite is rasterised once in a 32 x 32 box centred on its area
+    centroid, then placed by integer translation, one pixel per position step: posX = i
+    puts the sprite centre on the pixel corner x = 16 + i, so the 32 positions span
+    x = 16 ... 47 of the 64 px canvas and the largest rotated sprite never leaves it.
+    Sizes at scale 1: square 20 x 20 px, ellipse 28 x 14 px, heart about 21 x 23 px.
+    Pixels are on when at least half of a 4 x 4 supersampling grid lies inside the shape.
+
+    How this differs from DeepMind's dSprites (we do not have their renderer's code):
+    * their exact sprite sizes in pixels, the pixel span of posX / posY (and whether
+      posY runs down or up the image), the direction of rotation, the rasterisation rule
+      (anti-aliasing / thresholding) and the heart's outline and rotation centre are not
+      published as numbers; ours are chosen to look alike and are stated above, so
+      images match dSprites in kind, not pixel for pixel;
+    * orientation: their 40 values are described as "in [0, 2 pi]" and, we believe, are
+      ``linspace(0, 2 pi, 40)`` (step 2pi/39, so the first and last coincide); we use
+      step 2pi/40 so that 10 steps are exactly 90 degrees and the square's symmetry
+      (k ~ k + 10) and the ellipse's (k ~ k + 20) hold exactly (see ``_sprite_bank``);
+    * positions move the sprite by whole pixels (theirs may have sub-pixel placement).
+    The factor grid, its row-major order (posY fastest) and its size are dSprites' own.
+    """
+    f = _check_factor_indices(factor_indices)  # (B, 5)
+    bank = _sprite_bank()
+    sprites = bank[f[:, 0], f[:, 1], f[:, 2]]  # (B, 32, 32) centred sprites
+    out = np.zeros((f.shape[0], _CANVAS, _CANVAS), np.uint8)  # (B, 64, 64)
+    # A Python loop of B slice copies (~1 us each) beats building (B, 32, 32) index arrays.
+    for b, (x0, y0) in enumerate(zip(f[:, 3].tolist(), f[:, 4].tolist())):
+        out[b, y0:y0 + _SPRITE, x0:x0 + _SPRITE] = sprites[b]
+    return out
+
+
+class _ShapesDataset(Dataset):
+    """The 737,280-image procedural dSprites grid; images rendered per batch."""
+
+    def __init__(self, split):
+        factors = _grid_factors()  # (N, 5), 30 MB; the images are never materialised
+        super().__init__("shapes", split, (1, _CANVAS, _CANVAS), N_GRID, 1,
+                         labels=factors[:, 0].clone(), factors=factors,
+                         factor_names=list(FACTOR_NAMES), factor_sizes=list(FACTOR_SIZES))
+
+    def _uint8(self, idx):
+        images = render_shapes(self.factors[idx].numpy())  # (B, 64, 64) uint8
+        return torch.from_numpy(images).unsqueeze(1)  # (B, 1, 64, 64)
+
+    def index_of(self, factor_values):
+        """Factor indices (B, 5) -> data set indices (B,): the row-major grid index."""
+        return _grid_index(factor_values)  # (B,)
+
+
+# --------------------------------------------------------------------------------------
+# dsprites: DeepMind's file, bit-packed
+# --------------------------------------------------------------------------------------
+DSPRITES_FILE = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
+DSPRITES_URL = "https://github.com/deepmind/dsprites-dataset/raw/master/" + DSPRITES_FILE
+
+
+def _read_dsprites_npz(path):
+    """(packed images (N, 512) uint8, factors (N, 5) int64) from the official npz.
+
+    The images are streamed out of the zip member in chunks and packed on the fly, so the
+    3 GB uint8 array never exists in memory (``np.load`` would decompress it whole).
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = set(zf.namelist())
+            if not {"imgs.npy", "latents_classes.npy"} <= members:
+                raise ValueError("it lacks the arrays 'imgs' and 'latents_classes'")
+            with zf.open("latents_classes.npy") as fh:
+                classes = np.lib.format.read_array(fh, allow_pickle=False)  # (N, 6)
+            with zf.open("imgs.npy") as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+                if (len(shape) != 3 or shape[1:] != (64, 64) or dtype != np.uint8
+                        or fortran or shape[0] < 1):
+                    raise ValueError(f"'imgs' is {dtype} {shape}, expected uint8 (N, 64, 64)")
+                n = shape[0]
+                if classes.shape != (n, 6) or not np.issubdtype(classes.dtype, np.integer):
+                    raise ValueError(f"'latents_classes' is {classes.dtype} {classes.shape}, "
+                                     f"expected integers ({n}, 6)")
+                packed = np.empty((n, 64 * 64 // 8), np.uint8)  # (N, 512): 8 pixels a byte
+                step = 4096  # images per chunk: 16 MB of uint8 at a time
+                for i in range(0, n, step):
+                    m = min(step, n - i)
+                    buf = fh.read(m * 64 * 64)
+                    if len(buf) != m * 64 * 64:
+                        raise ValueError("'imgs' is truncated")
+                    chunk = np.frombuffer(buf, np.uint8).reshape(m, 64 * 64)  # (m, 4096)
+                    if chunk.max() > 1:
+                        raise ValueError("'imgs' holds values other than 0 and 1")
+                    packed[i:i + m] = np.packbits(chunk, axis=1)  # (m, 512)
+    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path} is not a valid dSprites npz ({e}); delete it and download "
+                         f"it again from {DSPRITES_URL}.") from None
+    factors = classes[:, 1:].astype(np.int64)  # (N, 5): drop the constant colour column
+    # Consistency: one colour, every factor in range, no grid cell twice.
+    bad = None
+    if (classes[:, 0] != 0).any():
+        bad = "the colour column is not constant 0"
+    elif ((factors < 0) | (factors >= np.asarray(FACTOR_SIZES))).any():
+        bad = f"factor classes outside the dSprites grid sizes {FACTOR_SIZES}"
+    elif len(np.unique(factors @ _STRIDES.numpy())) != len(factors):
+        bad = "some factor combination appears twice"
+    if bad:
+        raise ValueError(f"{path} is not a valid dSprites npz ({bad}); delete it and download "
+                         f"it again from {DSPRITES_URL}.")
+    return packed, torch.from_numpy(factors)
+
+
+class _DSpritesDataset(Dataset):
+    """Official dSprites (or any subset of its grid in the same format), bit-packed."""
+
+    def __init__(self, split, path):
+        self._packed, factors = _read_dsprites_npz(path)  # (N, 512) uint8, (N, 5) int64
+        super().__init__("dsprites", split, (1, 64, 64), len(factors), 1,
+                         labels=factors[:, 0].clone(), factors=factors,
+                         factor_names=list(FACTOR_NAMES), factor_sizes=list(FACTOR_SIZES))
+        # grid index -> row of the file (-1: absent); the official file is the identity,
+        # a smaller file (tests) is any subset of the grid in any order.
+        self._row_of = torch.full((N_GRID,), -1, dtype=torch.long)  # (N_GRID,)
+        self._row_of[(factors * _STRIDES).sum(1)] = torch.arange(len(factors))
+
+    def _uint8(self, idx):
+        bits = np.unpackbits(self._packed[idx.numpy()], axis=1)  # (B, 4096)
+        return torch.from_numpy(bits).reshape(len(idx), 1, 64, 64)  # (B, 1, 64, 64)
+
+    def index_of(self, factor_values):
+        """Factor indices (B, 5) -> rows of the file (B,)."""
+        rows = self._row_of[_grid_index(factor_values)]  # (B,)
+        if (rows < 0).any():
+            raise ValueError("some requested factor combinations are not in this dSprites file.")
+        return rows
+
+
+def _find_dsprites(data_dir, download):
+    candidates = [os.path.join(data_dir, "dsprites", DSPRITES_FILE),
+                  os.path.join(data_dir, DSPRITES_FILE)]
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    reason = "download=False"
+    if download:
+        target = candidates[0]
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            # Download next to the target and rename, so a broken transfer never leaves
+            # a truncated file under the final name.
+            urllib.request.urlretrieve(DSPRITES_URL, target + ".part")
+            os.replace(target + ".part", target)
+            return target
+        except Exception as e:  # no network, HTTP error, disk: all mean "no file"
+            reason = f"the download from {DSPRITES_URL} failed ({_first_line(e)})"
+            if os.path.exists(target + ".part"):
+                os.remove(target + ".part")
+    raise FileNotFoundError(
+        f"dSprites file not found ({reason}): searched {' and '.join(candidates)}; download "
+        f"{DSPRITES_URL} into {os.path.join(data_dir, 'dsprites')}, or use the offline "
+        f"procedural copy with --dataset shapes.")
+
+
+def _first_line(e):
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:120]}" if text else type(e).__name__
+
+
+# --------------------------------------------------------------------------------------
+# mnist, fashion-mnist: IDX files
+# --------------------------------------------------------------------------------------
+_IDX_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+_IDX_PREFIX = {"train": "train", "test": "t10k"}
+
+
+def read_idx(path, ndim):
+    """Read an IDX file (plain or .gz) of unsigned bytes with ``ndim`` dimensions -> numpy uint8.
+
+    Format (LeCun's): 2 zero bytes, type byte 0x08 (unsigned byte), byte ndim, then ndim
+    big-endian uint32 sizes, then the data, row-major.  Anything else -> ValueError.
+    """
+    try:
+        if path.endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                raw = fh.read()
+        else:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path} is corrupt ({_first_line(e)}); delete it and download it "
+                         f"again.") from None
+    header = 4 + 4 * ndim
+    expected_magic = 0x0800 + ndim
+    magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+    if magic != expected_magic:
+        found = "missing: file under 4 bytes" if magic is None else f"0x{magic:08x}"
+        raise ValueError(f"{path} is not an IDX file of {ndim}-D unsigned bytes (magic number "
+                         f"{found}, expected 0x{expected_magic:08x}); delete it and download "
+                         f"it again.")
+    if len(raw) < header:
+        raise ValueError(f"{path} is truncated inside its IDX header; delete it and download "
+                         f"it again.")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    if len(raw) - header != int(np.prod(dims)):
+        raise ValueError(f"{path} holds {len(raw) - header} data bytes but its header "
+                         f"announces {dims} = {int(np.prod(dims))}; delete it and download "
+                         f"it again.")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)  # read-only view
+
+
+@functools.lru_cache(maxsize=4)
+def _pil_bilinear_weights(in_size, out_size):
+    """PIL's fixed-point bilinear resampling matrix (out, in), as integers scaled 2^22.
+
+    PIL (Resample.c) centres output pixel i at (i + 0.5) * in/out in input coordinates,
+    weighs input pixels by the triangle filter (support 1 when upsampling; widened by
+    in/out when downsampling, which is PIL's antialiasing), normalises each row, and
+    rounds the weights to 22-bit fixed point.  Reproducing this, not merely "bilinear",
+    makes our pixels equal torchvision's ``Resize`` on a PIL image bit for bit.
+    """
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = filterscale  # the bilinear (triangle) filter has support 1
+    weights = np.zeros((out_size, in_size))  # (out, in)
+    for i in range(out_size):
+        center = (i + 0.5) * scale
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), in_size)
+        j = np.arange(lo, hi)
+        w = np.clip(1.0 - np.abs((j - center + 0.5) / filterscale), 0.0, None)
+        weights[i, lo:hi] = w / w.sum()
+    return np.trunc(weights * (1 << 22) + 0.5)  # weights are >= 0: round half up
+
+
+def _pil_resample(x, weights):
+    """One PIL pass along the last axis: uint8-valued (..., in) -> (..., out), rounded and
+    clipped to uint8 as PIL does after EACH pass.  Exact in float64: the integer products
+    and sums stay below 2^31, far below 2^53."""
+    acc = x @ weights.T + (1 << 21)  # (..., out): + 1/2 in 22-bit fixed point
+    return np.clip(np.floor(acc / (1 << 22)), 0, 255)
+
+
+def resize_like_torchvision(images, size=32):
+    """uint8 (N, h, w) -> uint8 (N, size, size), equal to ``Resize(size)`` on PIL 'L' images.
+
+    PIL resizes horizontally first, rounds to uint8, then vertically (square inputs only).
+    """
+    n, h, w = images.shape
+    if h != w:
+        raise ValueError(f"resize_like_torchvision expects square images, got {h} x {w}.")
+    weights = _pil_bilinear_weights(w, size)  # (size, w)
+    out = np.empty((n, size, size), np.uint8)  # (N, size, size)
+    for i in range(0, n, 8192):  # chunks keep the float64 temporaries near 60 MB
+        x = images[i:i + 8192].astype(np.float64)  # (n', h, w)
+        x = _pil_resample(x, weights)  # (n', h, size): horizontal pass
+        x = _pil_resample(x.swapaxes(1, 2), weights)  # (n', x, y): the vertical pass
+        out[i:i + 8192] = x.swapaxes(1, 2)  # back to (n', y, x)
+    return out
+
+
+def _idx_paths(name, split, data_dir):
+    """[(images candidates), (labels candidates)], plain file first (torchvision keeps both)."""
+    folder = os.path.join(data_dir, _IDX_FOLDERS[name], "raw")
+    prefix = _IDX_PREFIX[split]
+    return [[os.path.join(folder, f"{prefix}-{kind}-ubyte{ext}") for ext in ("", ".gz")]
+            for kind in ("images-idx3", "labels-idx1")]
+
+
+def _find_idx(name, split, data_dir, download):
+    def present():
+        found = [next((p for p in cands if os.path.isfile(p)), None) for cands in paths]
+        return found if None not in found else None
+
+    paths = _idx_paths(name, split, data_dir)
+    found = present()
+    reason = "download=False"
+    if found is None and download:
+        try:
+            import torchvision  # only here: importing it costs ~1 s
+
+            datasets = torchvision.datasets
+            downloader = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+            downloader(root=data_dir, train=split == "train", download=True)
+            found = present()
+            reason = "the torchvision download left no files there"
+        except Exception as e:  # no network, HTTP error, MD5 mismatch: all mean "no file"
+            reason = f"the torchvision download failed ({_first_line(e)})"
+    if found is None:
+        searched = ", ".join(p[0] + "[.gz]" for p in paths)
+        raise FileNotFoundError(
+            f"{name} {split} split not found ({reason}): searched {searched}; run with "
+            f"download=True on a machine with internet, or point data_dir (--data-dir) at a "
+            f"folder holding {_IDX_FOLDERS[name]}/raw/ in the torchvision layout (offline: "
+            f"../shared/data).")
+    return found
+
+
+def _load_idx_dataset(name, split, data_dir, download):
+    image_path, label_path = _find_idx(name, split, data_dir, download)
+    images = read_idx(image_path, 3)  # (N, 28, 28)
+    labels = read_idx(label_path, 1)  # (N,)
+    if images.shape[1:] != (28, 28):
+        raise ValueError(f"{image_path} holds {images.shape[1]} x {images.shape[2]} images, "
+                         f"expected 28 x 28; delete it and download it again.")
+    if len(labels) != len(images):
+        raise ValueError(f"{label_path} has {len(labels)} labels for {len(images)} images in "
+                         f"{image_path}; delete both and download them again.")
+    if len(labels) and labels.max() > 9:
+        raise ValueError(f"{label_path} holds a label {labels.max()} outside 0-9; delete it "
+                         f"and download it again.")
+    images = torch.from_numpy(resize_like_torchvision(images, 32)).unsqueeze(1)  # (N, 1, 32, 32)
+    labels = torch.from_numpy(labels.astype(np.int64))  # (N,)
+    return _TensorDataset(name, split, images, labels)
+
+
+# --------------------------------------------------------------------------------------
+# images: a folder of pictures
+# --------------------------------------------------------------------------------------
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+def _load_image_folder(split, data_dir, channels):
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    files = []
+    if os.path.isdir(data_dir):
+        for root, dirs, names in os.walk(data_dir):
+            dirs.sort()  # a deterministic order: index i is the same image on every machine
+            files += [os.path.join(root, f) for f in sorted(names)
+                      if f.lower().endswith(IMAGE_EXTENSIONS)]
+    if not files:
+        raise FileNotFoundError(
+            f"no .png/.jpg/.jpeg images found under {os.path.abspath(data_dir)}; point "
+            f"data_dir (--data-dir) at a folder of images (searched recursively), e.g. the "
+            f"unpacked CelebA or Chairs images.")
+    images = np.empty((len(files), channels, 64, 64), np.uint8)  # (N, C, 64, 64)
+    for i, path in enumerate(files):
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if channels == 1 else "RGB")
+        except OSError as e:
+            raise ValueError(f"{path} is not a readable image ({_first_line(e)}); remove it "
+                             f"from the folder.") from None
+        img = TF.center_crop(TF.resize(img, 64), 64)  # shorter side 64 (PIL bilinear), crop
+        a = np.asarray(img, np.uint8).reshape(64, 64, channels)  # (64, 64, C)
+        images[i] = a.transpose(2, 0, 1)  # (C, 64, 64)
+    return _TensorDataset("images", split, torch.from_numpy(images))
+
+
+# --------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------
+def load_dataset(name, split="train", data_dir="data", download=True, channels=1):
+    """Load data set ``name`` (one of ``DATASETS``) as an in-memory :class:`Dataset`.
+
+    ``split``: "train" or "test" (ignored by shapes, dsprites and images: one set each).
+    ``data_dir``: root of the torchvision layout (mnist, fashion-mnist), the folder that
+    holds ``dsprites/`` (dsprites), or the image folder itself (images).
+    ``download``: fetch missing files (torchvision for MNIST/Fashion-MNIST, urllib for
+    dSprites); False never touches the network.
+    ``channels``: 1 or 3, for ``images`` only (the others are grey or binary).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}.")
+    if split not in SPLITS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}.")
+    if channels != 1 and name != "images":
+        raise ValueError(f"data set {name!r} has 1 channel; channels=3 is for 'images' only.")
+    data_dir = os.fspath(data_dir)
+    if name in _IDX_FOLDERS:
+        return _load_idx_dataset(name, split, data_dir, download)
+    if name == "shapes":
+        return _ShapesDataset(split)
+    if name == "dsprites":
+        return _DSpritesDataset(split, _find_dsprites(data_dir, download))
+    return _load_image_folder(split, data_dir, channels)
+
+
+def _epoch_generator(seed, epoch):
+    """A torch.Generator seeded from (seed, epoch) alone.
+
+    SeedSequence mixes the pair into 64 well-spread bits, so neighbouring seeds or epochs
+    do not give related permutations (``seed + epoch`` would make seed 0 epoch 1 equal to
+    seed 1 epoch 0).
+    """
+    state = np.random.SeedSequence([seed, epoch]).generate_state(2, np.uint32)
+    g = torch.Generator()
+    g.manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)  # 63 bits: fits a signed int64
+    return g
+
+
+def batches(dataset, batch_size, seed, start_step=0):
+    """Yield ``(idx (B,) int64, x (B, C, H, W) float32)`` forever, shuffled, reproducibly.
+
+    Step s belongs to epoch e = s // (N // B); epoch e visits a fresh permutation drawn
+    from a ``torch.Generator`` seeded from (seed, e) only, in chunks of B (drop_last).
+    So the stream is a pure function of (seed, step): ``start_step=k`` yields exactly
+    what a straight run yields from step k on -- what ``--resume`` needs.
+    """
+    n = len(dataset)
+    if not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size must be an integer in [1, {n}] (the data set size of "
+                         f"{dataset.name!r}), got {batch_size!r}.")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    if not isinstance(start_step, (int, np.integer)) or start_step < 0:
+        raise ValueError(f"start_step must be a non-negative integer, got {start_step!r}.")
+    batch_size, seed, start_step = int(batch_size), int(seed), int(start_step)
+    # Validate now, iterate lazily: a generator function would only raise on next().
+    return _batch_stream(dataset, batch_size, seed, start_step)
+
+
+def _batch_stream(dataset, batch_size, seed, step):
+    per_epoch = len(dataset) // batch_size  # drop_last: the remainder is skipped
+    epoch, pos = divmod(step, per_epoch)
+    while True:
+        perm = torch.randperm(len(dataset), generator=_epoch_generator(seed, epoch))  # (N,)
+        for j in range(pos, per_epoch):
+            idx = perm[j * batch_size:(j + 1) * batch_size]  # (B,)
+            yield idx, dataset.batch(idx)
+        epoch, pos = epoch + 1, 0

@@ -1,0 +1,837 @@
+"""JointVAE: joint continuous and discrete latents with controlled capacity.
+
+Paper: Emilien Dupont, "Learning Disentangled Joint Continuous and Discrete
+Representations", NeurIPS 2018 (text in ../shared/papers/jointvae_dupont2018*.txt).
+Author's code: https://github.com/Schlumberger/joint-vae (MIT); its released weights
+load with `--checkpoint` (see `load_official_weights`).
+
+    python jointvae.py --dataset mnist                      # App. C.1 preset
+    python jointvae.py --dataset fashion-mnist --data-dir ../shared/data
+    python jointvae.py --dataset mnist --eval-only --eval-split test \
+        --data-dir ../shared/data --checkpoint ../shared/data/jointvae-official/mnist/model.pt
+
+Equation -> code
+    eq. 1   beta-VAE objective (baseline, `--beta B`, no `--disc`) ... jointvae_loss(beta=B)
+    eq. 3   CC-beta-VAE, one capacity C (baseline: no `--disc`) ..... jointvae_loss(c_disc=None)
+    eq. 5   KL(q(z,c|x)||p(z,c)) = KL(q(z|x)||p(z)) + KL(q(c|x)||p(c)),
+            proof App. A.2 ............................................ jointvae_loss (two KL terms)
+    eq. 6   joint latents, beta on both KLs (App. D baseline, `--beta B`) jointvae_loss(beta=B)
+    eq. 7   JointVAE: recon + gamma|KL_z - C_z| + gamma|KL_c - C_c| ...... jointvae_loss
+    eq. 8   Gumbel-softmax relaxation of q(c|x) ........................... sample_gumbel_softmax
+    sec 3.1 Gaussian q(z|x), N(0, I) prior, reparameterisation .......... reparameterize, kl_normal
+    App. A.2/C  KL(q(c|x)||Uniform(K)) = log K - H(q(c|x)) <= log K ...... kl_categorical_uniform
+    App. C  C_z, C_c increased linearly; C_c <= sum_i log K_i ........... linear_capacity, jointvae_loss
+    App. C  per-dataset hyperparameters ................................. PRESETS
+    App. G  traversals from Phi^-1(0.05) to Phi^-1(0.95) ................ save_figures
+    sec 4.2 KL per unit during training / ranked after training (Fig. 7) log.csv, save_figures
+    sec 4.3 digit type read off q(c|x): 88.7 % on MNIST ................... evaluate
+
+Shapes: B batch, D continuous latent units, K categories of one discrete variable
+(several variables have K_1, ..., K_V; Ktot = sum_i K_i), N evaluated images,
+C x H x W image.
+
+DEVIATION: the decoder outputs logits and the Bernoulli log-likelihood is
+    `binary_cross_entropy_with_logits` (the paper: sigmoid + binary cross-entropy);
+    same value, numerically stable (nets.py).
+DEVIATION: eq. 8 uses log alpha = log_softmax(logits); the author's code takes
+    log(softmax(logits) + 1e-12). They differ only where alpha < ~1e-10.
+DEVIATION: the paper gives training length in epochs (App. C); the loop counts
+    iterations (updates), epochs * floor(N / batch) of them, since the capacity
+    schedules are in iterations. Step t = 1, 2, ... is the t-th update, as in the
+    author's `num_steps`, so C(t) = C_min + (C_max - C_min) * min(t / iters, 1).
+NOTE: the author's code (and therefore App. C's gamma values) uses one gamma for both
+    capacity terms, as eq. 7 does; the reconstruction term is the Bernoulli NLL
+    summed over pixels and averaged over the batch, and each KL is averaged over the
+    batch and summed over units (continuous) or variables (discrete) — the
+    magnitudes App. C's C_z and gamma were tuned for.
+NOTE: evaluation uses the posterior mean for z and the one-hot argmax of alpha for
+    c, as the author's code does in eval mode.
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import data
+import metrics
+import nets
+import viz
+
+# ---------------------------------------------------------------------------
+# Arguments and paper presets
+# ---------------------------------------------------------------------------
+
+# Dupont (2018), App. C. C_z / C_c are (C_min, C_max, iterations) of the linear
+# schedule; "epochs" is the paper's training length.
+PRESETS = {
+    "mnist": dict(                       # App. C.1 MNIST
+        cont=10, disc=[10],              # 10 continuous, one 10-dim discrete
+        lr=5e-4, batch_size=64,          # Adam 5e-4, batch 64
+        epochs=100, gamma=30.0,          # 100 epochs, gamma 30
+        c_cont=[0.0, 5.0, 25000],        # C_z: 0 -> 5 in 25,000 iterations
+        c_disc=[0.0, 5.0, 25000],        # C_c: 0 -> 5 in 25,000 (clipped at log 10 = 2.30)
+    ),
+    "fashion-mnist": dict(               # App. C.2 FashionMNIST
+        cont=10, disc=[10],
+        lr=5e-4, batch_size=64,
+        epochs=100, gamma=100.0,         # gamma 100
+        c_cont=[0.0, 5.0, 50000],        # C_z: 0 -> 5 in 50,000
+        c_disc=[0.0, 10.0, 50000],       # C_c: 0 -> 10 in 50,000 (clipped at log 10)
+    ),
+    "chairs": dict(                      # App. C.3 Chairs (a folder of 64x64 images)
+        cont=32, disc=[2, 2, 2],         # 32 continuous, 3 binary discrete
+        lr=1e-4, batch_size=64,
+        epochs=100, gamma=300.0,
+        c_cont=[0.0, 30.0, 100000],
+        c_disc=[0.0, 5.0, 100000],       # clipped at 3 log 2 = 2.08
+    ),
+    "celeba": dict(                      # App. C.4 CelebA (a folder of 64x64 RGB images)
+        cont=32, disc=[10],
+        lr=5e-4, batch_size=64,
+        epochs=100, gamma=100.0,
+        c_cont=[0.0, 50.0, 100000],
+        c_disc=[0.0, 10.0, 100000],
+    ),
+    "dsprites": dict(                    # App. C.5 dSprites
+        cont=6, disc=[3],                # 6 continuous, one 3-dim discrete (sec. 4.1)
+        lr=5e-4, batch_size=64,
+        epochs=30, gamma=150.0,
+        c_cont=[0.0, 40.0, 300000],
+        c_disc=[0.0, 1.1, 300000],       # 1.1 = log 3 (rounded up): C_c at its maximum
+    ),
+}
+PRESETS["shapes"] = dict(PRESETS["dsprites"])  # procedural dSprites: the dSprites preset
+
+# How each --dataset maps onto data.load_dataset, and the default splits: the
+# paper reports MNIST accuracy on test data (sec. 4.3); factor data sets are one grid.
+DATA_SOURCES = {
+    "mnist": dict(name="mnist", channels=1, train_split="train", eval_split="test"),
+    "fashion-mnist": dict(name="fashion-mnist", channels=1, train_split="train", eval_split="test"),
+    "dsprites": dict(name="dsprites", channels=1, train_split="train", eval_split="train"),
+    "shapes": dict(name="shapes", channels=1, train_split="train", eval_split="train"),
+    "chairs": dict(name="images", channels=1, train_split="train", eval_split="train"),
+    "celeba": dict(name="images", channels=3, train_split="train", eval_split="train"),
+}
+
+DEFAULTS = dict(
+    dataset="mnist", data_dir="data", download=True, train_split=None, eval_split=None,
+    cont=10, disc=[10], temperature=0.67, gamma=30.0, c_cont=[0.0, 5.0, 25000],
+    c_disc=[0.0, 5.0, 25000], beta=None, lr=5e-4, batch_size=64, epochs=100,
+    iterations=None, seed=0, device="auto", out=None, log_every=100, save_every=5000,
+    eval_samples=None, eval_batch_size=512, metric_votes=800, eval_only=False,
+    checkpoint=None, resume=None, no_eval=False, no_progress=False,
+)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="jointvae.py",
+        description="JointVAE (Dupont 2018): train, evaluate, or load the author's weights. "
+                    "Defaults are the paper's App. C preset for --dataset; flags override.",
+        argument_default=argparse.SUPPRESS,  # so we know which flags the user set
+    )
+    p.add_argument("--dataset", choices=sorted(DATA_SOURCES), help="selects data and App. C preset (default mnist)")
+    p.add_argument("--data-dir", help="data folder (torchvision layout), or the image folder for chairs/celeba (default ./data)")
+    p.add_argument("--no-download", dest="download", action="store_false", help="never try to download")
+    p.add_argument("--train-split", choices=["train", "test"], help="split to train on")
+    p.add_argument("--eval-split", choices=["train", "test"], help="split to evaluate on")
+    p.add_argument("--cont", type=int, help="number of continuous latent units D")
+    p.add_argument("--disc", type=int, nargs="*", help="categories of each discrete variable, e.g. 10 or 2 2 2; empty = none")
+    p.add_argument("--temperature", type=float, help="Gumbel-softmax temperature tau of eq. 8 (default 0.67, author's code)")
+    p.add_argument("--gamma", type=float, help="gamma of eq. 7")
+    p.add_argument("--c-cont", type=float, nargs=3, metavar=("MIN", "MAX", "ITERS"), help="C_z schedule")
+    p.add_argument("--c-disc", type=float, nargs=3, metavar=("MIN", "MAX", "ITERS"), help="C_c schedule (clipped at sum log K)")
+    p.add_argument("--beta", type=float, help="baseline: beta-VAE eq. 1 (no --disc) or eq. 6 (with --disc), no capacity")
+    p.add_argument("--lr", type=float, help="Adam learning rate")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=float, help="training length in epochs (paper's unit)")
+    p.add_argument("--iterations", type=int, help="training length in updates (overrides --epochs)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--out", help="run folder (default runs/jointvae-<dataset>-s<seed>)")
+    p.add_argument("--log-every", type=int, help="iterations between log.csv rows")
+    p.add_argument("--save-every", type=int, help="iterations between checkpoints")
+    p.add_argument("--eval-samples", type=int, help="evaluate on a random subset of this many images (default all)")
+    p.add_argument("--eval-batch-size", type=int)
+    p.add_argument("--metric-votes", type=int, help="votes of the FactorVAE score (default 800, Jeong & Song supp. C)")
+    p.add_argument("--no-eval", action="store_true", help="skip evaluation after training")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint, no training")
+    p.add_argument("--checkpoint", help="checkpoint to evaluate: ours, or the author's model.pt")
+    p.add_argument("--resume", help="checkpoint (or run folder) to continue training from")
+    return p
+
+
+def make_config(argv=None):
+    """Merge DEFAULTS <- PRESETS[dataset] <- explicit flags (<- a resumed run's config)."""
+    explicit = vars(build_parser().parse_args(argv))
+    if "resume" in explicit:
+        resume_path = _checkpoint_path(explicit["resume"])
+        cfg = dict(_load_checkpoint(resume_path)["config"])
+        cfg.update(explicit)
+        cfg["resume"] = resume_path
+    else:
+        cfg = dict(DEFAULTS)
+        dataset = explicit.get("dataset", cfg["dataset"])
+        cfg.update(PRESETS[dataset])
+        cfg.update(explicit)
+    source = DATA_SOURCES[cfg["dataset"]]
+    cfg["train_split"] = cfg.get("train_split") or source["train_split"]
+    cfg["eval_split"] = cfg.get("eval_split") or source["eval_split"]
+    if cfg.get("out") is None:
+        tag = "eval" if cfg["eval_only"] else f"s{cfg['seed']}"
+        cfg["out"] = os.path.join("runs", f"jointvae-{cfg['dataset']}-{tag}")
+    cfg["c_cont"] = [float(cfg["c_cont"][0]), float(cfg["c_cont"][1]), int(cfg["c_cont"][2])]
+    cfg["c_disc"] = [float(cfg["c_disc"][0]), float(cfg["c_disc"][1]), int(cfg["c_disc"][2])]
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg):
+    """One ValueError sentence per bad flag combination."""
+    if cfg["cont"] < 0 or (cfg["cont"] == 0 and not cfg["disc"]):
+        raise ValueError("need at least one latent: set --cont >= 1 or give --disc.")
+    if any(k < 2 for k in cfg["disc"]):
+        raise ValueError(f"--disc {cfg['disc']}: every discrete variable needs at least 2 categories "
+                         "(a 1-category variable carries no information).")
+    if cfg["gamma"] < 0:
+        raise ValueError(f"--gamma {cfg['gamma']} is negative; eq. 7 needs gamma >= 0.")
+    if cfg["beta"] is not None and cfg["beta"] < 0:
+        raise ValueError(f"--beta {cfg['beta']} is negative; eqs. 1 and 6 need beta >= 0.")
+    if cfg["temperature"] <= 0:
+        raise ValueError(f"--temperature {cfg['temperature']} must be > 0 (eq. 8 divides by it).")
+    for name in ("c_cont", "c_disc"):
+        c_min, c_max, iters = cfg[name]
+        if c_min < 0 or c_max < c_min or iters <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} {cfg[name]}: need 0 <= MIN <= MAX and ITERS > 0.")
+    if cfg["lr"] <= 0 or cfg["batch_size"] < 1:
+        raise ValueError("--lr must be > 0 and --batch-size >= 1.")
+    if cfg["iterations"] is not None and cfg["iterations"] < 0:
+        raise ValueError("--iterations must be >= 0.")
+    if cfg["epochs"] is not None and cfg["epochs"] < 0:
+        raise ValueError("--epochs must be >= 0.")
+    if cfg["log_every"] < 1 or cfg["save_every"] < 1:
+        raise ValueError("--log-every and --save-every must be >= 1.")
+    if cfg["eval_samples"] is not None and cfg["eval_samples"] < 1:
+        raise ValueError("--eval-samples must be >= 1.")
+    if cfg["eval_only"] and not cfg.get("checkpoint"):
+        raise ValueError("--eval-only needs --checkpoint PATH (ours or the author's model.pt).")
+
+
+def objective_name(cfg):
+    """Which equation of the paper the flags select (printed and saved with the run)."""
+    if cfg["beta"] is not None:
+        return "eq. 6 (joint beta-VAE, no capacity)" if cfg["disc"] else "eq. 1 (beta-VAE)"
+    return "eq. 7 (JointVAE)" if cfg["disc"] else "eq. 3 (CC-beta-VAE)"
+
+
+# ---------------------------------------------------------------------------
+# Model: encoder -> (mu, logvar, alpha^(i)), reparameterised sample, decoder (sec. 3, Fig. 1)
+# ---------------------------------------------------------------------------
+
+def reparameterize(mu, logvar):
+    """sec. 3.1: z = mu + sigma * eps, eps ~ N(0, I), so gradients flow to mu, sigma."""
+    eps = torch.randn_like(mu)                 # (B, D)
+    return mu + torch.exp(0.5 * logvar) * eps  # (B, D)
+
+
+def sample_gumbel_softmax(logits, temperature, eps=1e-12):
+    """eq. 8: y_k = exp((log alpha_k + g_k)/tau) / sum_i exp((log alpha_i + g_i)/tau).
+
+    logits (B, K) parameterise alpha = softmax(logits); g_k ~ Gumbel(0, 1) i.i.d.
+    As tau -> 0 the sample tends to the one-hot argmax_k (log alpha_k + g_k), which
+    is an exact draw from Categorical(alpha) (the Gumbel-max trick).
+    """
+    u = torch.rand_like(logits)                         # (B, K) uniform(0, 1)
+    g = -torch.log(-torch.log(u + eps) + eps)           # (B, K) Gumbel(0, 1)
+    log_alpha = torch.log_softmax(logits, dim=-1)       # (B, K)
+    return torch.softmax((log_alpha + g) / temperature, dim=-1)  # (B, K) on the simplex
+
+
+class JointVAE(nn.Module):
+    """q(z|x) = N(mu, diag sigma^2), q(c_i|x) = g(alpha^(i)); p(x|z, c) Bernoulli (Fig. 1)."""
+
+    def __init__(self, image_size, cont, disc, temperature=0.67):
+        super().__init__()
+        self.cont, self.disc, self.temperature = int(cont), [int(k) for k in disc], float(temperature)
+        # One head carries [mu (D) | logvar (D) | logits^(1) (K_1) | ... ]: the split below
+        # is what Dupont's separate fc_mean / fc_log_var / fc_alphas layers compute.
+        self.encoder = nets.Encoder(image_size, 2 * self.cont + sum(self.disc))
+        self.decoder = nets.Decoder(image_size, self.cont + sum(self.disc))
+
+    def encode(self, x):
+        """x (B, C, H, W) -> mu (B, D), logvar (B, D), [logits of alpha^(i) (B, K_i)]."""
+        h = self.encoder(x)                               # (B, 2D + Ktot)
+        mu, logvar = h[:, :self.cont], h[:, self.cont:2 * self.cont]  # (B, D), (B, D)
+        logits = list(torch.split(h[:, 2 * self.cont:], self.disc, dim=1)) if self.disc else []
+        return mu, logvar, logits                         # logits: each (B, K_i)
+
+    def latent(self, mu, logvar, logits):
+        """Training: reparameterised z and Gumbel-softmax c (eq. 8). Eval: mean z, one-hot argmax c."""
+        if self.training:
+            parts = [reparameterize(mu, logvar)]
+            parts += [sample_gumbel_softmax(l, self.temperature) for l in logits]
+        else:
+            parts = [mu] + [F.one_hot(l.argmax(dim=-1), l.shape[-1]).to(mu.dtype) for l in logits]
+        return torch.cat(parts, dim=1)                    # (B, D + Ktot): z first, then c^(1..V)
+
+    def decode(self, latent):
+        return self.decoder(latent)                       # (B, C, H, W) logits
+
+    def forward(self, x):
+        mu, logvar, logits = self.encode(x)
+        latent = self.latent(mu, logvar, logits)          # (B, D + Ktot)
+        alphas = [torch.softmax(l, dim=-1) for l in logits]  # each (B, K_i): q(c_i|x)
+        return dict(x_logits=self.decode(latent), mu=mu, logvar=logvar, alphas=alphas, latent=latent)
+
+
+def load_official_weights(model, state_dict):
+    """Map the JointVAE author's released state_dict onto our modules.
+
+    Author's names -> ours: img_to_features.* -> encoder.features.*,
+    features_to_hidden.0 -> encoder.to_hidden.0, [fc_mean; fc_log_var; fc_alphas.i]
+    stacked row-wise -> encoder.head (the layout `encode` splits), latent_to_features.*
+    -> decoder.to_features.*, features_to_img.* -> decoder.features.* (their final
+    sigmoid is our Bernoulli-with-logits, so the last conv's weights carry over as is).
+    """
+    n_disc = len([k for k in state_dict if k.startswith("fc_alphas.") and k.endswith(".weight")])
+    cont = state_dict["fc_mean.weight"].shape[0] if "fc_mean.weight" in state_dict else 0
+    disc = [state_dict[f"fc_alphas.{i}.weight"].shape[0] for i in range(n_disc)]
+    if cont != model.cont or disc != model.disc:
+        raise ValueError(f"the released weights have {cont} continuous units and discrete sizes {disc}; "
+                         f"run with --cont {cont} --disc {' '.join(map(str, disc))}.")
+    ours = {}
+    for key, value in state_dict.items():
+        for theirs, mine in (("img_to_features.", "encoder.features."),
+                             ("features_to_hidden.", "encoder.to_hidden."),
+                             ("latent_to_features.", "decoder.to_features."),
+                             ("features_to_img.", "decoder.features.")):
+            if key.startswith(theirs):
+                ours[mine + key[len(theirs):]] = value
+    heads = (["fc_mean", "fc_log_var"] if cont else []) + [f"fc_alphas.{i}" for i in range(n_disc)]
+    ours["encoder.head.weight"] = torch.cat([state_dict[h + ".weight"] for h in heads], dim=0)  # (2D+Ktot, 256)
+    ours["encoder.head.bias"] = torch.cat([state_dict[h + ".bias"] for h in heads], dim=0)      # (2D+Ktot,)
+    model.load_state_dict(ours, strict=True)
+    return model
+
+
+# ---------------------------------------------------------------------------
+# Loss: eq. 7 (and the baselines eq. 1, 3, 6), eq. 5 split, App. C capacities
+# ---------------------------------------------------------------------------
+
+def kl_normal(mu, logvar):
+    """KL(N(mu, sigma^2) || N(0, 1)) per unit, closed form: (B, D).
+
+    = 1/2 (mu^2 + sigma^2 - 1 - log sigma^2); summed over units it is
+    KL(q(z|x)||p(z)) for the factorised Gaussian of sec. 3.1.
+    """
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)  # (B, D), >= 0
+
+
+def kl_categorical_uniform(probs):
+    """KL(q(c|x) || Uniform(K)) = sum_k alpha_k log(alpha_k K) = log K - H(alpha): (B,).
+
+    App. C: bounded by log K (reached at a one-hot alpha). Per eq. 5 / App. A.2 the
+    joint KL splits, so the discrete channel's KL is this summed over variables.
+    """
+    k = probs.shape[-1]
+    return torch.special.xlogy(probs, probs).sum(dim=-1) + math.log(k)  # (B,)
+
+
+def linear_capacity(step, c_min, c_max, num_iters):
+    """App. C: C increased linearly from c_min to c_max over num_iters updates, then held."""
+    return c_min + (c_max - c_min) * min(float(step) / float(num_iters), 1.0)
+
+
+def jointvae_loss(x, x_logits, mu, logvar, alphas, step, gamma, c_cont, c_disc, beta=None):
+    """The loss to minimise (the negative of the paper's objective) and its terms.
+
+    x (B, C, H, W) in [0, 1]; x_logits (B, C, H, W); mu, logvar (B, D);
+    alphas: list of (B, K_i) probabilities (empty: continuous only);
+    step: the update number t >= 1 the capacities are evaluated at;
+    c_cont, c_disc: (C_min, C_max, iterations) of the linear schedules (App. C);
+    beta: None -> capacity objective (eq. 7, or eq. 3 without discrete latents);
+          a number -> beta-weighted KLs, no capacity (eq. 1, or eq. 6 with alphas).
+    Returns a dict of 0-dim tensors (no host sync), per-unit KLs for logging, and
+    the capacities c_cont, c_disc as plain floats (they depend on step only).
+    """
+    batch = x.shape[0]
+    # -E_q[log p(x|z,c)] with Bernoulli p: cross-entropy summed over pixels and
+    # channels, averaged over the batch (the scale App. C's gamma and C were set for).
+    recon = F.binary_cross_entropy_with_logits(x_logits, x, reduction="sum") / batch
+
+    # eq. 5: the joint KL splits into a continuous and a discrete part (App. A.2).
+    kl_cont_units = kl_normal(mu, logvar).mean(dim=0)                     # (D,) batch mean per unit
+    kl_cont = kl_cont_units.sum()                                        # KL(q(z|x)||p(z)), summed over units
+    if alphas:
+        kl_disc_vars = torch.stack([kl_categorical_uniform(a).mean(dim=0) for a in alphas])  # (V,)
+    else:
+        kl_disc_vars = x.new_zeros(0)                                    # (0,)
+    kl_disc = kl_disc_vars.sum()                                         # KL(q(c|x)||p(c)), summed over variables
+
+    # App. C: linear capacity schedules; C_c is clipped at its maximum sum_i log K_i,
+    # the largest KL a product of uniform categoricals can be pulled to.
+    c_z = linear_capacity(step, *c_cont)
+    c_c = min(linear_capacity(step, *c_disc), sum(math.log(a.shape[-1]) for a in alphas))
+
+    if beta is not None:
+        # eq. 1 (continuous only) / eq. 6 (joint): recon + beta*KL_z (+ beta*KL_c); no capacity.
+        loss = recon + beta * kl_cont + beta * kl_disc
+    else:
+        # eq. 7: recon + gamma*|KL(q(z|x)||p(z)) - C_z| + gamma*|KL(q(c|x)||p(c)) - C_c|
+        # (eq. 3, CC-beta-VAE, when there are no discrete latents: the second term is absent).
+        loss = recon + gamma * (kl_cont - c_z).abs()
+        if alphas:
+            loss = loss + gamma * (kl_disc - c_c).abs()
+    return dict(loss=loss, recon=recon, kl_cont=kl_cont, kl_disc=kl_disc,
+                c_cont=c_z, c_disc=c_c,
+                kl_cont_units=kl_cont_units, kl_disc_vars=kl_disc_vars)
+
+
+# ---------------------------------------------------------------------------
+# Training loop
+# ---------------------------------------------------------------------------
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def _rng_state():
+    state = dict(torch=torch.get_rng_state(), python=random.getstate(),
+                 numpy=torch.from_numpy(np.random.get_state()[1].astype(np.int64)))
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _checkpoint_path(path):
+    return os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path
+
+
+def _load_checkpoint(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass a checkpoint.pt file or a run folder.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say which, not a pickle trace
+        raise ValueError(f"could not read checkpoint {path} ({type(err).__name__}); "
+                         "it is not a PyTorch checkpoint or it is corrupt.") from None
+
+
+def save_checkpoint(path, model, optimizer, step, cfg):
+    """Atomic write: a crash mid-save leaves the previous checkpoint intact."""
+    tmp = path + ".tmp"
+    torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), step=step,
+                    config=cfg, rng=_rng_state()), tmp)
+    os.replace(tmp, path)
+
+
+def load_dataset(cfg, split):
+    source = DATA_SOURCES[cfg["dataset"]]
+    return data.load_dataset(source["name"], split=split, data_dir=cfg["data_dir"],
+                             download=cfg["download"], channels=source["channels"])
+
+
+def build_model(cfg, image_size):
+    return JointVAE(image_size, cfg["cont"], cfg["disc"], cfg["temperature"])
+
+
+def num_iterations(cfg, n_train):
+    if cfg["iterations"] is not None:
+        return int(cfg["iterations"])
+    return int(round(cfg["epochs"] * (n_train // cfg["batch_size"])))
+
+
+def log_columns(cfg):
+    return (["step", "loss", "recon", "kl_cont", "kl_disc", "c_cont", "c_disc"]
+            + [f"kl_z{j}" for j in range(cfg["cont"])] + [f"kl_c{i}" for i in range(len(cfg["disc"]))]
+            + ["seconds", "img_per_s"])
+
+
+def train(cfg, device):
+    """Iteration-based training of eq. 7 (or a baseline); returns the model and the step."""
+    out = cfg["out"]
+    os.makedirs(out, exist_ok=True)
+    ds = load_dataset(cfg, cfg["train_split"])
+    if cfg["batch_size"] > len(ds):
+        raise ValueError(f"--batch-size {cfg['batch_size']} exceeds the {len(ds)} training images.")
+    total = num_iterations(cfg, len(ds))
+    seed_everything(cfg["seed"])
+    model = build_model(cfg, ds.image_size).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    step = 0
+    ckpt_path = os.path.join(out, "checkpoint.pt")
+    log_path = os.path.join(out, "log.csv")
+    if cfg.get("resume"):
+        ckpt = _load_checkpoint(cfg["resume"])
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step = int(ckpt["step"])
+        _set_rng_state(ckpt["rng"])
+        _truncate_log(log_path, step)
+        print(f"resumed from {cfg['resume']} at step {step}")
+    cfg = dict(cfg, iterations_total=total, objective=objective_name(cfg), train_size=len(ds))
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    print(f"{cfg['objective']} on {cfg['dataset']} ({len(ds)} images {ds.image_size}), "
+          f"{total} iterations, {nets.count_parameters(model)} parameters, device {device}")
+
+    columns = log_columns(cfg)
+    new_log = not os.path.exists(log_path) or step == 0
+    log_file = open(log_path, "w" if new_log else "a", newline="")
+    writer = csv.writer(log_file)
+    if new_log:
+        writer.writerow(columns)
+    progress = _progress(total, step, cfg["no_progress"])
+    stream = data.batches(ds, cfg["batch_size"], seed=cfg["seed"], start_step=step)
+    model.train()
+    sums, n_in_sums, finite = None, 0, torch.ones((), dtype=torch.bool, device=device)
+    t_last = time.perf_counter()
+    try:
+        while step < total:
+            _, x = next(stream)                               # (B, C, H, W) in [0, 1]
+            x = x.to(device, non_blocking=True)
+            step += 1                                         # the t-th update: capacities use t
+            out_ = model(x)
+            terms = jointvae_loss(x, out_["x_logits"], out_["mu"], out_["logvar"], out_["alphas"],
+                                  step, cfg["gamma"], cfg["c_cont"], cfg["c_disc"], cfg["beta"])
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            # Accumulate on the device; the host reads them once per --log-every.
+            row = torch.cat([torch.stack([terms[k].detach() for k in ("loss", "recon", "kl_cont", "kl_disc")]),
+                             terms["kl_cont_units"].detach(), terms["kl_disc_vars"].detach()])  # (4 + D + V,)
+            sums = row if sums is None else sums + row
+            n_in_sums += 1
+            finite &= torch.isfinite(terms["loss"].detach())
+            if step % cfg["log_every"] == 0 or step == total:
+                if not bool(finite):
+                    raise FloatingPointError(step)
+                now = time.perf_counter()
+                values = (sums / n_in_sums).tolist()
+                values = values[:4] + [terms["c_cont"], terms["c_disc"]] + values[4:]
+                writer.writerow([step] + [f"{v:.6g}" for v in values]
+                                + [f"{now - t_last:.3f}", f"{n_in_sums * x.shape[0] / (now - t_last):.1f}"])
+                log_file.flush()
+                progress.set_postfix(loss=f"{values[0]:.1f}", recon=f"{values[1]:.1f}",
+                                     kl_z=f"{values[2]:.2f}", kl_c=f"{values[3]:.2f}", refresh=False)
+                sums, n_in_sums, t_last = None, 0, now
+            progress.update(1)
+            if step % cfg["save_every"] == 0 or step == total:
+                if not bool(finite):
+                    raise FloatingPointError(step)
+                save_checkpoint(ckpt_path, model, optimizer, step, cfg)
+    except FloatingPointError:
+        raise FloatingPointError(
+            f"the loss became NaN or infinite by step {step}; the last good checkpoint is kept "
+            f"in {out} — lower --lr or --gamma, or check the input data.") from None
+    finally:
+        progress.close()
+        log_file.close()
+    return model, step, cfg
+
+
+def _progress(total, initial, disable):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is in requirements.txt; degrade quietly if absent
+        disable = True
+    if disable:
+        class _Null:
+            def update(self, n): pass
+            def set_postfix(self, **kw): pass
+            def close(self): pass
+        return _Null()
+    return tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, smoothing=0.05)
+
+
+def _truncate_log(log_path, step):
+    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
+    if not os.path.exists(log_path):
+        return
+    with open(log_path, newline="") as f:
+        rows = list(csv.reader(f))
+    keep = rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) <= step]
+    with open(log_path, "w", newline="") as f:
+        csv.writer(f).writerows(keep)
+
+
+# ---------------------------------------------------------------------------
+# Evaluation and figures
+# ---------------------------------------------------------------------------
+
+@torch.no_grad()
+def encode_dataset(model, ds, indices, device, batch_size=512):
+    """Posterior parameters of every indexed image: mu, logvar (N, D), [alpha^(i) (N, K_i)]."""
+    model.eval()
+    mus, logvars, alphas = [], [], [[] for _ in model.disc]
+    for i in range(0, len(indices), batch_size):
+        x = ds.batch(indices[i:i + batch_size]).to(device)  # (B, C, H, W)
+        mu, logvar, logits = model.encode(x)
+        mus.append(mu.cpu())
+        logvars.append(logvar.cpu())
+        for j, l in enumerate(logits):
+            alphas[j].append(torch.softmax(l, dim=-1).cpu())  # (B, K_j)
+    mu = torch.cat(mus)                                   # (N, D)
+    logvar = torch.cat(logvars)                           # (N, D)
+    return mu, logvar, [torch.cat(a) for a in alphas]     # [(N, K_i)]
+
+
+def joint_code(alphas, disc):
+    """argmax of each q(c_i|x), combined into one configuration index in [0, prod K_i)."""
+    code = torch.zeros(alphas[0].shape[0], dtype=torch.long)  # (N,)
+    for a, k in zip(alphas, disc):
+        code = code * k + a.argmax(dim=1)
+    return code
+
+
+def _try(metric_name, fn, reasons):
+    """Run one metric; a metric the data cannot support becomes null with its reason."""
+    try:
+        return fn()
+    except ValueError as err:
+        reasons[metric_name] = str(err)
+        return None
+
+
+@torch.no_grad()
+def evaluate(model, cfg, device, step, log_path=None):
+    """Encode the evaluation split (or a subset) and write metrics.json and the figures."""
+    out = cfg["out"]
+    os.makedirs(out, exist_ok=True)
+    ds = load_dataset(cfg, cfg["eval_split"])
+    g = torch.Generator().manual_seed(cfg["seed"] + 1)
+    n = len(ds) if cfg["eval_samples"] is None else min(cfg["eval_samples"], len(ds))
+    indices = torch.randperm(len(ds), generator=g)[:n] if n < len(ds) else torch.arange(len(ds))  # (N,)
+    t0 = time.perf_counter()
+    mu, logvar, alphas = encode_dataset(model, ds, indices, device, cfg["eval_batch_size"])
+    reasons = {}
+    res = dict(method="jointvae", objective=objective_name(cfg), dataset=cfg["dataset"],
+               eval_split=cfg["eval_split"], n_eval=n, step=step)
+    kl_units = metrics.kl_per_unit(mu, logvar) if cfg["cont"] else np.zeros(0)  # (D,) nats
+    res["kl_per_unit"] = [float(v) for v in kl_units]
+    res["kl_disc_per_var"] = [float(kl_categorical_uniform(a).mean()) for a in alphas]
+    res["kl_cont_total"] = float(np.sum(kl_units))
+    res["recon_eval"] = _eval_recon(model, ds, indices[:min(n, 2048)], device, cfg["eval_batch_size"])
+
+    labels = ds.labels[indices] if ds.labels is not None else None  # (N,)
+    if labels is not None and alphas:
+        pred = joint_code(alphas, cfg["disc"])                          # (N,)
+        res["accuracy_hungarian"] = metrics.cluster_accuracy(pred, labels, mapping="hungarian")
+        res["accuracy_majority"] = metrics.cluster_accuracy(pred, labels, mapping="majority")
+        conf = metrics.confusion_matrix(pred, labels)
+        viz.save_matrix(conf, os.path.join(out, "confusion.png"), xlabel="true label",
+                        ylabel="argmax q(c|x)", title="discrete code vs label (sec. 4.3)")
+    else:
+        for key in ("accuracy_hungarian", "accuracy_majority"):
+            res[key] = None
+            reasons[key] = "no labels" if labels is None else "no discrete latent (--disc is empty)"
+
+    if ds.factors is not None:
+        factors = ds.factors[indices]                                   # (N, K)
+        disc_codes = torch.stack([a.argmax(dim=1) for a in alphas], dim=1) if alphas else None  # (N, V)
+        codes_logvar = logvar if cfg["cont"] else None
+        res["mig"] = _try("mig", lambda: metrics.mig(mu, factors, logvar=codes_logvar,
+                                                     discrete_codes=disc_codes, seed=cfg["seed"])["mig"], reasons)
+        if len(ds.factor_names) == 5 and ds.factor_names[0] == "shape":
+            # Chen et al. Table 2 score dSprites on scale, rotation, posX, posY only.
+            res["mig_4factors"] = _try("mig_4factors", lambda: metrics.mig(
+                mu, factors, logvar=codes_logvar, discrete_codes=disc_codes,
+                factor_subset=[1, 2, 3, 4], seed=cfg["seed"])["mig"], reasons)
+        res["factor_vae_score"] = _try("factor_vae_score", lambda: _factor_vae(
+            model, ds, mu, factors, alphas, kl_units, cfg, device), reasons)
+    else:
+        for key in ("mig", "factor_vae_score"):
+            res[key] = None
+            reasons[key] = "no ground-truth factors for this data set"
+    res["null_reasons"] = reasons
+    res["eval_seconds"] = round(time.perf_counter() - t0, 2)
+    # The discrete value most images are assigned to: the continuous traversals hold c there.
+    typical = int(torch.bincount(joint_code(alphas, cfg["disc"])).argmax()) if alphas else 0
+    save_figures(model, cfg, ds, indices, kl_units, typical, device, log_path)
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(res, f, indent=2)
+    return res
+
+
+def _eval_recon(model, ds, indices, device, batch_size):
+    total = 0.0
+    for i in range(0, len(indices), batch_size):
+        x = ds.batch(indices[i:i + batch_size]).to(device)
+        logits = model(x)["x_logits"]
+        total += float(F.binary_cross_entropy_with_logits(logits, x, reduction="sum"))
+    return total / max(len(indices), 1)  # nats per image, summed over pixels
+
+
+def _factor_vae(model, ds, mu, factors, alphas, kl_units, cfg, device):
+    """Kim & Mnih score in the form of Jeong & Song supp. C (pruning, per-dim variance
+    normalisation over the evaluated codes, the discrete code as one more dim).
+
+    On a full factor grid (shapes, dsprites) each vote's L = 100 images with one factor
+    fixed are drawn from the grid and encoded, not picked from the evaluated subset,
+    so the score does not depend on --eval-samples beyond the normalising variances.
+    """
+    kw = dict(kl_per_dim=kl_units if cfg["cont"] else None, n_votes=cfg["metric_votes"], seed=cfg["seed"])
+    disc_codes = joint_code(alphas, cfg["disc"]) if alphas else None     # (N,)
+    if ds.factor_sizes is not None and len(ds) == int(np.prod(ds.factor_sizes)):
+        vote_factor, vote_idx = metrics.grid_votes(ds.factor_sizes, cfg["metric_votes"], 100, cfg["seed"])
+        m, l = vote_idx.shape                                             # (M, L)
+        v_mu, _, v_alphas = encode_dataset(model, ds, vote_idx.reshape(-1), device, cfg["eval_batch_size"])
+        kw["votes"] = dict(factor=vote_factor, codes=v_mu.reshape(m, l, -1))  # codes (M, L, D)
+        if v_alphas:
+            kw["votes"]["discrete_codes"] = joint_code(v_alphas, cfg["disc"]).reshape(m, l)  # (M, L)
+    codes = mu if cfg["cont"] else torch.zeros(len(factors), 0)           # (N, D)
+    return metrics.factor_vae_score(codes, factors, discrete_codes=disc_codes, **kw)["score"]
+
+
+def save_figures(model, cfg, ds, indices, kl_units, typical, device, log_path=None):
+    """Reconstructions, samples per discrete value (Fig. 4a), ranked traversals (Fig. 7b,
+    App. G), the discrete traversal (Fig. 4c) and KL during training (Fig. 7a)."""
+    out = cfg["out"]
+    model.eval()
+    decode = lambda latent: torch.sigmoid(model.decode(latent.to(device))).cpu()  # noqa: E731
+    x = ds.batch(indices[:8]).to(device)                                            # (8, C, H, W)
+    recon = torch.sigmoid(model(x)["x_logits"]).cpu()
+    viz.save_image_grid(torch.cat([x.cpu(), recon]), os.path.join(out, "reconstructions.png"), nrow=8,
+                        row_labels=["data", "recon"], title="top: data, bottom: reconstruction")
+    d, disc = cfg["cont"], cfg["disc"]
+    n_cols = 10
+    g = torch.Generator().manual_seed(cfg["seed"])
+    configs = _disc_configs(disc)[:20]                                              # rows: discrete values
+    if disc:
+        # Fig. 4a: each row fixes the discrete code, z ~ p(z) = N(0, I) across the row.
+        z = torch.randn(n_cols, d, generator=g)                                     # (cols, D)
+        lat = torch.stack([torch.cat([z, c.expand(n_cols, -1)], dim=1) for c in configs])  # (rows, cols, D+Ktot)
+        viz.save_traversal(decode, lat, os.path.join(out, "samples_per_discrete.png"),
+                           row_labels=[f"c={i}" for i in range(len(configs))],
+                           title="samples, discrete code fixed per row (Fig. 4a)")
+    # App. G: traversal values Phi^-1(0.05) .. Phi^-1(0.95), rows ranked by KL (Fig. 7b).
+    ppf = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n_cols))  # (cols,)
+    base_c = _disc_configs(disc)[typical]                                          # (Ktot,)
+    if d:
+        order = np.argsort(-np.asarray(kl_units))
+        rows = []
+        for j in order:
+            z = torch.zeros(n_cols, d)                                              # (cols, D)
+            z[:, j] = ppf
+            rows.append(torch.cat([z, base_c.expand(n_cols, -1)], dim=1))           # (cols, D+Ktot)
+        viz.save_traversal(decode, torch.stack(rows), os.path.join(out, "traversals.png"),
+                           row_labels=[f"z{j}: {kl_units[j]:.2f} nats" for j in order],
+                           title="continuous traversals ranked by KL (Fig. 7b, App. G)")
+    if disc:
+        # Fig. 4c: rows = discrete values, columns = the most informative unit traversed.
+        rows = []
+        for c in configs:
+            z = torch.zeros(n_cols, d)
+            if d:
+                z[:, int(np.argmax(kl_units))] = ppf
+            rows.append(torch.cat([z, c.expand(n_cols, -1)], dim=1))
+        viz.save_traversal(decode, torch.stack(rows), os.path.join(out, "traversal_discrete.png"),
+                           row_labels=[f"c={i}" for i in range(len(configs))],
+                           title="discrete value per row x most informative unit (Fig. 4c)")
+    if log_path and os.path.exists(log_path):
+        log = viz.read_log(log_path)
+        if len(log.get("step", [])) > 0:
+            curves = {f"z{j}": log[f"kl_z{j}"] for j in range(d)}
+            curves.update({f"c{i}": log[f"kl_c{i}"] for i in range(len(disc))})
+            hl = {"C_c clip sum log K": sum(math.log(k) for k in disc)} if disc else None
+            viz.plot_curves(curves, os.path.join(out, "kl_during_training.png"), x=log["step"],
+                            ylabel="KL (nats), batch mean", title="KL per unit during training (Fig. 7a)",
+                            hlines=hl)
+            viz.plot_curves({"loss": log["loss"], "recon": log["recon"]}, os.path.join(out, "loss.png"),
+                            x=log["step"], ylabel="nats per image", title="training loss", logy=True)
+
+
+def _disc_configs(disc):
+    """All joint one-hot configurations of the discrete variables: list of (Ktot,) tensors."""
+    if not disc:
+        return [torch.zeros(0)]
+    configs = []
+    for idx in range(int(np.prod(disc))):
+        parts, rest = [], idx
+        for k in reversed(disc):
+            rest, r = divmod(rest, k)
+            parts.insert(0, F.one_hot(torch.tensor(r), k).float())
+        configs.append(torch.cat(parts))
+    return configs
+
+
+
+# ---------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------
+
+def run(cfg):
+    device = nets.to_device(cfg["device"])
+    print(json.dumps({k: v for k, v in cfg.items()}, indent=None))
+    if cfg["eval_only"]:
+        ckpt = _load_checkpoint(_checkpoint_path(cfg["checkpoint"]))
+        if isinstance(ckpt, dict) and "model" in ckpt and "config" in ckpt:
+            # Our checkpoint: the architecture comes from the run that wrote it.
+            for key in ("cont", "disc", "temperature"):
+                cfg[key] = ckpt["config"][key]
+            state, step = ckpt["model"], int(ckpt["step"])
+        elif isinstance(ckpt, dict) and "img_to_features.0.weight" in ckpt:
+            # The author's state_dict: read the latent sizes off the head shapes.
+            cfg["cont"] = int(ckpt["fc_mean.weight"].shape[0]) if "fc_mean.weight" in ckpt else 0
+            cfg["disc"] = [int(ckpt[f"fc_alphas.{i}.weight"].shape[0])
+                           for i in range(sum(1 for k in ckpt if k.startswith("fc_alphas.") and k.endswith(".weight")))]
+            state, step = None, None
+        else:
+            raise ValueError(f"{cfg['checkpoint']} is neither a jointvae.py checkpoint nor the author's state_dict.")
+        print(f"latent sizes from the checkpoint: --cont {cfg['cont']} --disc {' '.join(map(str, cfg['disc']))}")
+        ds_probe = load_dataset(cfg, cfg["eval_split"])
+        model = build_model(cfg, ds_probe.image_size)
+        if state is None:
+            load_official_weights(model, ckpt)
+        else:
+            model.load_state_dict(state)
+        os.makedirs(cfg["out"], exist_ok=True)
+        with open(os.path.join(cfg["out"], "config.json"), "w") as f:
+            json.dump(cfg, f, indent=2)
+        res = evaluate(model.to(device), cfg, device, step)
+    else:
+        model, step, cfg = train(cfg, device)
+        if cfg["no_eval"]:
+            return None
+        res = evaluate(model, cfg, device, step, log_path=os.path.join(cfg["out"], "log.csv"))
+    summary = {k: v for k, v in res.items() if k not in ("null_reasons",) and not isinstance(v, list)}
+    print(json.dumps(summary, indent=1))
+    return res
+
+
+def main(argv=None):
+    try:
+        cfg = make_config(argv)
+        return run(cfg)
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+        print(f"jointvae.py: error: {err}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The papers' networks: one convolutional encoder and one decoder, shared by all methods.
+
+Dupont (2018), appendix B, gives the architecture that JointVAE uses; Jeong & Song
+(2019), supplement B (Tables 1-2), say CascadeVAE follows it; for beta-TCVAE we use
+it too on images (see btcvae.py for the paper's MLP, also defined here).
+
+    32x32 (MNIST, Fashion-MNIST, resized from 28x28)       64x64 (dSprites, Chairs, CelebA)
+    encoder                                                 encoder
+      conv 4x4/2  C -> 32, ReLU       (32 -> 16)             conv 4x4/2  C -> 32, ReLU   (64 -> 32)
+                                                             conv 4x4/2 32 -> 32, ReLU   (32 -> 16)
+      conv 4x4/2 32 -> 64, ReLU       (16 -> 8)              conv 4x4/2 32 -> 64, ReLU   (16 -> 8)
+      conv 4x4/2 64 -> 64, ReLU       (8 -> 4)               conv 4x4/2 64 -> 64, ReLU   (8 -> 4)
+      Linear(64*4*4, 256), ReLU                              same
+      Linear(256, out_dim)                                   same
+    decoder                                                 decoder
+      Linear(latent, 256), ReLU                              same
+      Linear(256, 64*4*4), ReLU                              same
+                                                             convT 4x4/2 64 -> 64, ReLU  (4 -> 8)
+      convT 4x4/2 64 -> 32, ReLU      (4 -> 8)               convT 4x4/2 64 -> 32, ReLU  (8 -> 16)
+      convT 4x4/2 32 -> 32, ReLU      (8 -> 16)              convT 4x4/2 32 -> 32, ReLU  (16 -> 32)
+      convT 4x4/2 32 -> C             (16 -> 32)             convT 4x4/2 32 -> C         (32 -> 64)
+
+The channel counts of the 32x32 encoder follow the JointVAE author's released code
+(1 -> 32 -> 64 -> 64), which differs from the table printed in Jeong & Song's
+supplement (32 -> 32 -> 64); we follow the released code so that the author's
+trained weights (../shared/data/jointvae-official) load into these modules.
+
+DEVIATION (changes no value): the decoder returns *logits*. The papers end the decoder
+with a sigmoid and use a Bernoulli likelihood; we fold the sigmoid into the
+likelihood (`binary_cross_entropy_with_logits`), which is the same function of the
+parameters but numerically stable. Apply `torch.sigmoid` to get pixel means.
+
+The encoder returns one raw vector of size `out_dim`; each method file splits it into
+its own parameters (mu, log-variance, category logits) because that split is method
+math. Shapes: B batch, C channels, H x W image, L latent size.
+"""
+
+import torch
+from torch import nn
+
+# (C, H, W) sizes the convolution stacks are built for: four stride-2 steps take 64
+# to 4 and three take 32 to 4, and the 64*4*4 linear layer fixes the 4x4 map.
+SUPPORTED_SIZES = ((1, 32, 32), (3, 32, 32), (1, 64, 64), (3, 64, 64))
+
+HIDDEN_DIM = 256  # Dupont (2018) App. B: the fully connected layer has 256 units
+
+
+def check_image_size(image_size):
+    """Return image_size as a (C, H, W) tuple, or raise one clear ValueError."""
+    size = tuple(int(s) for s in image_size)
+    if size not in SUPPORTED_SIZES:
+        raise ValueError(
+            f"image size {size} (C, H, W) is not supported by the papers' network; "
+            f"use one of {', '.join(str(s) for s in SUPPORTED_SIZES)} "
+            "(resize your images to 32x32 or 64x64 with 1 or 3 channels)."
+        )
+    return size
+
+
+class Encoder(nn.Module):
+    """x (B, C, H, W) in [0, 1] -> raw parameter vector (B, out_dim)."""
+
+    def __init__(self, image_size, out_dim, hidden_dim=HIDDEN_DIM):
+        super().__init__()
+        self.image_size = check_image_size(image_size)
+        c, h, _ = self.image_size
+        layers = [nn.Conv2d(c, 32, 4, stride=2, padding=1), nn.ReLU()]
+        if h == 64:
+            # The extra 32 -> 32 step brings 64x64 inputs to the same 4x4 map.
+            layers += [nn.Conv2d(32, 32, 4, stride=2, padding=1), nn.ReLU()]
+        layers += [
+            nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(64, 64, 4, stride=2, padding=1), nn.ReLU(),
+        ]
+        self.features = nn.Sequential(*layers)
+        self.to_hidden = nn.Sequential(nn.Linear(64 * 4 * 4, hidden_dim), nn.ReLU())
+        self.head = nn.Linear(hidden_dim, out_dim)
+
+    def forward(self, x):
+        h = self.features(x)                   # (B, 64, 4, 4)
+        h = h.reshape(h.shape[0], 64 * 4 * 4)  # (B, 1024)
+        h = self.to_hidden(h)                  # (B, 256)
+        return self.head(h)                    # (B, out_dim)
+
+
+class Decoder(nn.Module):
+    """z (B, latent_dim) -> Bernoulli logits (B, C, H, W)."""
+
+    def __init__(self, image_size, latent_dim, hidden_dim=HIDDEN_DIM):
+        super().__init__()
+        self.image_size = check_image_size(image_size)
+        c, h, _ = self.image_size
+        self.to_features = nn.Sequential(
+            nn.Linear(latent_dim, hidden_dim), nn.ReLU(),
+            nn.Linear(hidden_dim, 64 * 4 * 4), nn.ReLU(),
+        )
+        layers = []
+        if h == 64:
+            layers += [nn.ConvTranspose2d(64, 64, 4, stride=2, padding=1), nn.ReLU()]
+        layers += [
+            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(32, 32, 4, stride=2, padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(32, c, 4, stride=2, padding=1),
+        ]
+        self.features = nn.Sequential(*layers)
+
+    def forward(self, z):
+        h = self.to_features(z)          # (B, 1024)
+        h = h.reshape(h.shape[0], 64, 4, 4)  # (B, 64, 4, 4)
+        return self.features(h)          # (B, C, H, W) logits
+
+
+class MLPEncoder(nn.Module):
+    """Chen et al. (2018) supplement H.1, dSprites: 4096-1200-1200-out_dim, ReLU."""
+
+    def __init__(self, image_size, out_dim):
+        super().__init__()
+        self.image_size = check_image_size(image_size)
+        n_pixels = self.image_size[0] * self.image_size[1] * self.image_size[2]
+        self.net = nn.Sequential(
+            nn.Linear(n_pixels, 1200), nn.ReLU(),
+            nn.Linear(1200, 1200), nn.ReLU(),
+            nn.Linear(1200, out_dim),
+        )
+
+    def forward(self, x):
+        return self.net(x.reshape(x.shape[0], -1))  # (B, C*H*W) -> (B, out_dim)
+
+
+class MLPDecoder(nn.Module):
+    """Chen et al. (2018) supplement H.1, dSprites: latent-1200-1200-1200-4096, tanh; logits out."""
+
+    def __init__(self, image_size, latent_dim):
+        super().__init__()
+        self.image_size = check_image_size(image_size)
+        n_pixels = self.image_size[0] * self.image_size[1] * self.image_size[2]
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, 1200), nn.Tanh(),
+            nn.Linear(1200, 1200), nn.Tanh(),
+            nn.Linear(1200, 1200), nn.Tanh(),
+            nn.Linear(1200, n_pixels),
+        )
+
+    def forward(self, z):
+        return self.net(z).reshape(z.shape[0], *self.image_size)  # (B, C, H, W) logits
+
+
+def count_parameters(module):
+    """Number of trainable parameters (printed by the scripts with the config)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def to_device(name):
+    """torch.device from a --device flag ('auto' picks CUDA, then MPS, then CPU)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available; use --device cpu.")
+    return device

@@ -1,0 +1,511 @@
+"""Tests of data.py: IDX reading, the 28 -> 32 resize, the procedural dSprites geometry,
+the dSprites / image-folder loaders, the batch iterator and every user-facing error.
+
+All offline and CPU: every file is written by the test into tmp_path."""
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms
+
+import data
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+def _idx_bytes(array, magic=None):
+    """Serialise a uint8 array in LeCun's IDX format (magic 0x0800 + ndim, big-endian dims)."""
+    magic = 0x0800 + array.ndim if magic is None else magic
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _write_idx_split(root, folder, prefix, images, labels, gz):
+    raw = os.path.join(root, folder, "raw")
+    os.makedirs(raw, exist_ok=True)
+    for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+        path = os.path.join(raw, f"{prefix}-{kind}-ubyte" + (".gz" if gz else ""))
+        payload = _idx_bytes(array)
+        with (gzip.open(path, "wb") if gz else open(path, "wb")) as fh:
+            fh.write(payload)
+    return raw
+
+
+def _digits(n, seed):
+    """n uint8 28x28 test images: random grey levels, hard binary strokes and a gradient."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)  # (n, 28, 28)
+    x[1::3] = (x[1::3] > 160) * 255  # binary, MNIST-like edges
+    x[2::3] = np.add.outer(np.arange(28), np.arange(28)) * 4  # smooth gradient
+    return x
+
+
+def _torchvision_reference(images):
+    """What the JointVAE code feeds the model: ToTensor(Resize(32)(PIL image))."""
+    t = transforms.Compose([transforms.Resize(32), transforms.ToTensor()])
+    return torch.stack([t(Image.fromarray(a, mode="L")) for a in images])  # (n, 1, 32, 32)
+
+
+# --------------------------------------------------------------------------------------
+# mnist / fashion-mnist
+# --------------------------------------------------------------------------------------
+def test_resize_matches_torchvision_resize_on_pil():
+    images = _digits(30, seed=0)
+    ours = torch.from_numpy(data.resize_like_torchvision(images, 32)).float() / 255
+    ref = _torchvision_reference(images)[:, 0]
+    diff = (ours - ref).abs()
+    assert diff.max().item() <= 1 / 255 + 1e-7
+    # We reproduce PIL's fixed-point arithmetic, so (almost) every pixel is identical.
+    assert (diff == 0).float().mean().item() > 0.99
+    # A resize, not a copy: interior pixels are interpolated between neighbours.
+    assert not torch.equal(ours[:, :28, :28], torch.from_numpy(images).float() / 255)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_files_load_resized_with_labels(tmp_path, gz):
+    images, labels = _digits(7, seed=1), np.array([3, 1, 4, 1, 5, 9, 2], np.uint8)
+    raw = _write_idx_split(str(tmp_path), "MNIST", "t10k", images, labels, gz)
+    suffix = ".gz" if gz else ""
+    read = data.read_idx(os.path.join(raw, "t10k-images-idx3-ubyte" + suffix), 3)
+    np.testing.assert_array_equal(read, images)
+
+    d = data.load_dataset("mnist", "test", data_dir=str(tmp_path), download=False)
+    assert (len(d), d.image_size, d.name, d.split) == (7, (1, 32, 32), "mnist", "test")
+    assert d.labels.dtype == torch.int64 and d.labels.tolist() == labels.tolist()
+    assert d.factors is None and d.factor_names is None and d.factor_sizes is None
+    assert d.images.dtype == torch.uint8 and d.images.shape == (7, 1, 32, 32)  # kept small
+    x = d.batch(torch.tensor([4, 0]))  # (2, 1, 32, 32)
+    assert x.dtype == torch.float32
+    ref = _torchvision_reference(images[[4, 0]])
+    assert (x - ref).abs().max().item() <= 1 / 255 + 1e-7
+
+
+def test_fashion_mnist_train_split_loads_while_test_split_is_missing(tmp_path):
+    images, labels = _digits(4, seed=2), np.array([0, 9, 9, 0], np.uint8)
+    _write_idx_split(str(tmp_path), "FashionMNIST", "train", images, labels, gz=True)
+    d = data.load_dataset("fashion-mnist", "train", data_dir=str(tmp_path), download=False)
+    assert len(d) == 4 and d.labels.tolist() == [0, 9, 9, 0]
+    with pytest.raises(FileNotFoundError) as e:
+        data.load_dataset("fashion-mnist", "test", data_dir=str(tmp_path), download=False)
+    msg = str(e.value)
+    assert "fashion-mnist test split not found" in msg and "download=False" in msg
+    assert os.path.join(str(tmp_path), "FashionMNIST", "raw", "t10k-images-idx3-ubyte") in msg
+    assert "download=True" in msg and "--data-dir" in msg
+
+
+def test_split_with_labels_but_no_images_is_missing(tmp_path):
+    # ../shared/data/MNIST has the train labels but not the train images: that is "missing".
+    _write_idx_split(str(tmp_path), "MNIST", "t10k", _digits(2, 3), np.array([1, 2], np.uint8), True)
+    raw = os.path.join(str(tmp_path), "MNIST", "raw")
+    with gzip.open(os.path.join(raw, "train-labels-idx1-ubyte.gz"), "wb") as fh:
+        fh.write(_idx_bytes(np.array([5], np.uint8)))
+    assert len(data.load_dataset("mnist", "test", str(tmp_path), download=False)) == 2
+    with pytest.raises(FileNotFoundError, match=r"mnist train split not found.*searched"):
+        data.load_dataset("mnist", "train", str(tmp_path), download=False)
+
+
+@pytest.mark.parametrize("case, key", [
+    ("magic", "magic number 0x00000801, expected 0x00000803"),
+    ("truncated", "header announces"),
+    ("badgzip", "is corrupt"),
+    ("count", "has 3 labels for 2 images"),
+    ("size", "expected 28 x 28"),
+])
+def test_corrupt_idx_files_raise_value_error_naming_the_file(tmp_path, case, key):
+    raw = _write_idx_split(str(tmp_path), "MNIST", "t10k", _digits(2, 4),
+                           np.array([1, 2], np.uint8), gz=False)
+    images_path = os.path.join(raw, "t10k-images-idx3-ubyte")
+    if case == "magic":
+        payload = _idx_bytes(_digits(2, 4), magic=0x0801)
+    elif case == "truncated":
+        payload = _idx_bytes(_digits(2, 4))[:-10]
+    elif case == "badgzip":
+        os.remove(images_path)
+        images_path += ".gz"
+        payload = b"\x1f\x8b this is not a gzip stream"
+    elif case == "count":
+        payload = None
+        with open(os.path.join(raw, "t10k-labels-idx1-ubyte"), "wb") as fh:
+            fh.write(_idx_bytes(np.array([1, 2, 3], np.uint8)))
+    else:
+        payload = _idx_bytes(np.zeros((2, 27, 28), np.uint8))
+    if payload is not None:
+        with open(images_path, "wb") as fh:
+            fh.write(payload)
+    with pytest.raises(ValueError) as e:
+        data.load_dataset("mnist", "test", str(tmp_path), download=False)
+    assert key in str(e.value)
+    assert "t10k-" in str(e.value) and "and download" in str(e.value)
+
+
+def test_failed_download_is_one_sentence_without_torchvision_trace(tmp_path, monkeypatch):
+    import torchvision
+
+    calls = []
+
+    def offline(root, train, download):
+        calls.append((root, train, download))
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried mirrors")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    with pytest.raises(FileNotFoundError) as e:
+        data.load_dataset("mnist", "train", str(tmp_path), download=True)
+    assert calls == [(str(tmp_path), True, True)]
+    msg = str(e.value)
+    assert "the torchvision download failed (RuntimeError: Error downloading" in msg
+    assert "\n" not in msg and "searched" in msg
+    assert e.value.__cause__ is None  # no chained torchvision traceback
+    assert e.value.__context__ is None or e.value.__suppress_context__
+
+
+def test_download_true_reads_what_the_torchvision_downloader_wrote(tmp_path, monkeypatch):
+    import torchvision
+
+    def fake_download(root, train, download):
+        _write_idx_split(root, "FashionMNIST", "train" if train else "t10k", _digits(3, 5),
+                         np.array([7, 8, 9], np.uint8), gz=True)
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", fake_download)
+    d = data.load_dataset("fashion-mnist", "test", str(tmp_path), download=True)
+    assert d.labels.tolist() == [7, 8, 9]
+
+
+# --------------------------------------------------------------------------------------
+# shapes: procedural dSprites
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shapes():
+    return data.load_dataset("shapes")
+
+
+def _centroid(img):
+    rows, cols = np.nonzero(img)
+    return rows.mean(), cols.mean()
+
+
+def test_shapes_grid_is_the_dsprites_grid(shapes):
+    assert len(shapes) == 737280 and shapes.image_size == (1, 64, 64)
+    assert shapes.factor_names == ["shape", "scale", "orientation", "posX", "posY"]
+    assert shapes.factor_sizes == [3, 6, 40, 32, 32]
+    f = shapes.factors
+    assert f.dtype == torch.int64 and f.shape == (737280, 5)
+    # Row-major with posY fastest: the ravelled index of row i is i, so all 737,280
+    # tuples are distinct and index_of inverts factors.
+    assert torch.equal(shapes.index_of(f), torch.arange(737280))
+    assert len(torch.unique(f[:, 0] * 245760 + f[:, 1] * 40960 + f[:, 2] * 1024
+                            + f[:, 3] * 32 + f[:, 4])) == 737280
+    assert f[1].tolist() == [0, 0, 0, 0, 1] and f[32].tolist() == [0, 0, 0, 1, 0]
+    assert f[-1].tolist() == [2, 5, 39, 31, 31]
+    assert torch.equal(shapes.labels, f[:, 0]) and torch.bincount(shapes.labels).tolist() == [245760] * 3
+    assert np.allclose(data.SHAPE_SCALES, [0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    assert np.isclose(data.SHAPE_ORIENTATIONS[10], np.pi / 2) and data.SHAPE_ORIENTATIONS[-1] < 2 * np.pi
+
+
+def test_shapes_batch_renders_the_factors_of_its_indices(shapes):
+    idx = torch.tensor([0, 737279, 123456, 500000])
+    x = shapes.batch(idx)  # (4, 1, 64, 64)
+    assert x.shape == (4, 1, 64, 64) and x.dtype == torch.float32
+    assert set(torch.unique(x).tolist()) == {0.0, 1.0}
+    expected = data.render_shapes(shapes.factors[idx].numpy())
+    assert np.array_equal(x[:, 0].numpy(), expected.astype(np.float32))
+
+
+def test_shapes_centroid_follows_posx_and_posy_one_pixel_per_step():
+    for shape in range(3):
+        f = np.array([[shape, 5, 7, i, 9] for i in range(32)])  # sweep posX
+        cents = np.array([_centroid(im) for im in data.render_shapes(f)])  # (32, 2)
+        np.testing.assert_allclose(np.diff(cents[:, 1]), 1.0, atol=1e-9)  # col +1 per step
+        np.testing.assert_allclose(cents[:, 0], cents[0, 0], atol=1e-9)  # row fixed
+        f = np.array([[shape, 2, 0, 20, i] for i in range(32)])  # sweep posY
+        cents = np.array([_centroid(im) for im in data.render_shapes(f)])
+        np.testing.assert_allclose(np.diff(cents[:, 0]), 1.0, atol=1e-9)  # rows go down
+        np.testing.assert_allclose(cents[:, 1], cents[0, 1], atol=1e-9)
+    # The centre sits at pixel corner 16 + i (pixel centres at k + 0.5): within a pixel.
+    r, c = _centroid(data.render_shapes(np.array([[1, 5, 0, 0, 31]]))[0])
+    assert abs(c + 0.5 - 16) < 0.5 and abs(r + 0.5 - 47) < 0.5
+
+
+def test_shapes_area_grows_with_scale_and_nothing_is_clipped():
+    for shape in range(3):
+        for orientation in (0, 6, 13):
+            f = np.array([[shape, s, orientation, 16, 16] for s in range(6)])
+            areas = data.render_shapes(f).sum(axis=(1, 2)).astype(float)  # (6,)
+            assert (np.diff(areas) > 0).all()
+            # Area ~ scale^2 (up to rasterisation): from scale 0.5 to 1 it roughly quadruples.
+            assert 3.3 < areas[-1] / areas[0] < 4.8
+    bank = data._sprite_bank()  # (3, 6, 40, 32, 32)
+    # The outer ring of every sprite box is empty, so translation never clips a shape ...
+    assert bank[..., [0, -1], :].sum() == 0 and bank[..., :, [0, -1]].sum() == 0
+    # ... and the extreme positions keep the full sprite on the canvas.
+    corners = [[2, 5, o, x, y] for o in (0, 5, 17) for x in (0, 31) for y in (0, 31)]
+    imgs = data.render_shapes(np.array(corners))
+    assert (imgs.sum(axis=(1, 2)) == bank[2, 5, [0, 5, 17]].sum(axis=(1, 2)).repeat(4)).all()
+
+
+def test_shapes_rotation_symmetries_are_exact():
+    f = np.array([[s, sc, k, 3, 29] for s in range(3) for sc in range(6) for k in range(40)])
+    imgs = data.render_shapes(f).reshape(3, 6, 40, 64, 64)
+    # A square rotated by 90 degrees (10 steps) is the identical image.
+    assert np.array_equal(imgs[0][:, :30], imgs[0][:, 10:])
+    # An ellipse rotated by 180 degrees (20 steps) is the identical image.
+    assert np.array_equal(imgs[1][:, :20], imgs[1][:, 20:])
+    # A heart has no rotational symmetry: no two orientations agree.
+    flat = imgs[2, 5].reshape(40, -1)
+    assert len({row.tobytes() for row in flat}) == 40
+    # Square orientations are distinct within a quarter turn.
+    assert len({row.tobytes() for row in imgs[0, 5, :10].reshape(10, -1)}) == 10
+
+
+def test_shapes_orientation_is_counter_clockwise_by_k_times_9_degrees():
+    for k in range(40):
+        theta = data.SHAPE_ORIENTATIONS[k]
+        ell = data.render_shapes(np.array([[1, 5, k, 16, 16]]))[0]
+        rows, cols = np.nonzero(ell)
+        x, y = cols - cols.mean(), -(rows - rows.mean())  # y up
+        cov = np.cov(np.stack([x, y]))
+        major = 0.5 * np.arctan2(2 * cov[0, 1], cov[0, 0] - cov[1, 1])  # major-axis angle
+        assert abs(np.angle(np.exp(2j * (major - theta)))) / 2 < np.deg2rad(3)
+        heart = data.render_shapes(np.array([[2, 5, k, 16, 16]]))[0]
+        rows, cols = np.nonzero(heart)
+        x, y = cols - cols.mean(), -(rows - rows.mean())
+        tip = np.argmax(x * x + y * y)  # the point of the heart: farthest from its centroid
+        # The tip points down (-90 degrees) at orientation 0 and turns with theta.
+        assert abs(np.angle(np.exp(1j * (np.arctan2(y[tip], x[tip]) - (theta - np.pi / 2))))) < np.deg2rad(12)
+
+
+def test_shapes_are_clearly_distinct():
+    imgs = data.render_shapes(np.array([[s, 5, 0, 16, 16] for s in range(3)])).astype(bool)
+    for a in range(3):
+        for b in range(a + 1, 3):
+            union = (imgs[a] | imgs[b]).sum()
+            assert (imgs[a] ^ imgs[b]).sum() > 0.2 * union
+    spread = []
+    for img in imgs:
+        rows, cols = np.nonzero(img)
+        spread.append((cols.var(), rows.var()))
+    assert 0.95 < spread[0][0] / spread[0][1] < 1.05  # square: as wide as high
+    assert spread[1][0] / spread[1][1] > 3.5  # ellipse: 2:1 axes, variance ratio ~4
+    square, ellipse, heart = imgs
+    assert np.array_equal(heart, heart[:, ::-1])  # a heart is mirror-symmetric ...
+    assert (heart ^ heart[::-1, :]).sum() > 0.2 * heart.sum()  # ... but not upside down
+    top, bottom = heart[:32].sum(), heart[32:].sum()  # the lobes carry more area than the tip
+    assert top > bottom
+
+
+def test_render_shapes_validates_its_input():
+    with pytest.raises(ValueError, match=r"shape \(B, 5\)"):
+        data.render_shapes(np.zeros((2, 4), np.int64))
+    with pytest.raises(ValueError, match="out of range"):
+        data.render_shapes(np.array([[0, 0, 40, 0, 0]]))
+    with pytest.raises(ValueError, match="integer"):
+        data.render_shapes(np.zeros((1, 5), np.float32))
+    assert data.render_shapes(np.zeros((0, 5), np.int64)).shape == (0, 64, 64)
+
+
+# --------------------------------------------------------------------------------------
+# dsprites (a tiny synthetic npz in the official format)
+# --------------------------------------------------------------------------------------
+def _write_dsprites(path, factors, colour=0, imgs=None):
+    n = len(factors)
+    imgs = data.render_shapes(factors) if imgs is None else imgs  # (n, 64, 64)
+    classes = np.concatenate([np.full((n, 1), colour), factors], 1).astype(np.int64)  # (n, 6)
+    values = classes.astype(np.float64)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez_compressed(path, imgs=imgs, latents_classes=classes, latents_values=values,
+                        metadata=np.array({"description": "synthetic"}, dtype=object))
+    return imgs
+
+
+def _grid_subset(n, seed):
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(data.N_GRID, n, replace=False)  # (n,) distinct grid cells, any order
+    return data._grid_factors()[torch.from_numpy(rows)].numpy()
+
+
+def test_dsprites_loader_on_a_synthetic_npz(tmp_path):
+    factors = _grid_subset(40, seed=6)
+    path = os.path.join(str(tmp_path), "dsprites", data.DSPRITES_FILE)
+    imgs = _write_dsprites(path, factors)
+    d = data.load_dataset("dsprites", "test", str(tmp_path), download=False)
+    assert (len(d), d.image_size, d.name) == (40, (1, 64, 64), "dsprites")
+    assert d.factors.dtype == torch.int64 and np.array_equal(d.factors.numpy(), factors)
+    assert np.array_equal(d.labels.numpy(), factors[:, 0])
+    assert d.factor_sizes == [3, 6, 40, 32, 32] and d.factor_names[0] == "shape"
+    assert d._packed.shape == (40, 512)  # bit-packed: 8 pixels a byte
+    idx = torch.tensor([39, 0, 17])
+    x = d.batch(idx)  # (3, 1, 64, 64)
+    assert x.dtype == torch.float32 and np.array_equal(x[:, 0].numpy(), imgs[[39, 0, 17]])
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(d.index_of(d.factors[perm]), perm)
+    absent = np.setdiff1d(np.arange(data.N_GRID), (factors @ data._STRIDES.numpy()))[:1]
+    with pytest.raises(ValueError, match="not in this dSprites file"):
+        d.index_of(data._grid_factors()[torch.from_numpy(absent)])
+    # The file may also sit directly in data_dir.
+    os.replace(path, os.path.join(str(tmp_path), data.DSPRITES_FILE))
+    assert len(data.load_dataset("dsprites", data_dir=str(tmp_path), download=False)) == 40
+
+
+@pytest.mark.parametrize("case, key", [
+    ("garbage", "not a valid dSprites npz"),
+    ("colour", "colour column is not constant 0"),
+    ("duplicate", "appears twice"),
+    ("range", "outside the dSprites grid"),
+    ("values", "values other than 0 and 1"),
+])
+def test_corrupt_dsprites_npz_raises_value_error(tmp_path, case, key):
+    path = os.path.join(str(tmp_path), "dsprites", data.DSPRITES_FILE)
+    factors = _grid_subset(6, seed=7)
+    if case == "garbage":
+        os.makedirs(os.path.dirname(path))
+        with open(path, "wb") as fh:
+            fh.write(b"PK\x03\x04 truncated zip")
+    elif case == "colour":
+        _write_dsprites(path, factors, colour=1)
+    elif case == "duplicate":
+        _write_dsprites(path, np.concatenate([factors, factors[:1]]))
+    elif case == "range":
+        factors[0, 2] = 40
+        _write_dsprites(path, factors, imgs=np.zeros((6, 64, 64), np.uint8))
+    else:
+        _write_dsprites(path, factors, imgs=np.full((6, 64, 64), 255, np.uint8))
+    with pytest.raises(ValueError) as e:
+        data.load_dataset("dsprites", data_dir=str(tmp_path), download=False)
+    assert key in str(e.value) and data.DSPRITES_FILE in str(e.value)
+
+
+def test_missing_dsprites_and_failed_download(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError) as e:
+        data.load_dataset("dsprites", data_dir=str(tmp_path), download=False)
+    msg = str(e.value)
+    assert "dSprites file not found (download=False)" in msg and "searched" in msg
+    assert data.DSPRITES_URL in msg and "shapes" in msg
+
+    import urllib.error
+
+    def offline(url, filename):
+        with open(filename, "wb") as fh:  # a partial transfer, then the network drops
+            fh.write(b"PK")
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(data.urllib.request, "urlretrieve", offline)
+    with pytest.raises(FileNotFoundError) as e:
+        data.load_dataset("dsprites", data_dir=str(tmp_path), download=True)
+    assert "the download from" in str(e.value) and "URLError" in str(e.value)
+    assert e.value.__cause__ is None
+    assert e.value.__context__ is None or e.value.__suppress_context__
+    assert os.listdir(os.path.join(str(tmp_path), "dsprites")) == []  # no partial file left
+
+
+# --------------------------------------------------------------------------------------
+# images folder
+# --------------------------------------------------------------------------------------
+def test_image_folder_resize_crop_and_channels(tmp_path):
+    folder = tmp_path / "faces"
+    (folder / "sub").mkdir(parents=True)
+    Image.new("RGB", (100, 80), (10, 200, 30)).save(folder / "a_solid.png")
+    # 128 x 64 horizontal ramp: the shorter side is already 64, so the centre crop keeps
+    # columns 32 ... 95 unchanged.
+    ramp = np.tile(np.arange(128, dtype=np.uint8) * 2, (64, 1))  # (64, 128)
+    Image.fromarray(ramp, mode="L").save(folder / "sub" / "b_ramp.png")
+    (folder / "notes.txt").write_text("not an image")
+
+    rgb = data.load_dataset("images", data_dir=str(folder), channels=3)
+    assert (len(rgb), rgb.image_size, rgb.labels, rgb.factors) == (2, (3, 64, 64), None, None)
+    x = rgb.batch(torch.tensor([0, 1]))  # (2, 3, 64, 64): files in sorted walk order
+    np.testing.assert_allclose(x[0].mean(dim=(1, 2)).numpy(), np.array([10, 200, 30]) / 255, atol=1e-6)
+    assert torch.equal(x[1, 0] * 255, torch.from_numpy(ramp[:, 32:96]).float())
+    assert torch.equal(x[1, 0], x[1, 2])  # a grey image becomes equal RGB channels
+
+    grey = data.load_dataset("images", data_dir=str(folder), channels=1)
+    assert grey.image_size == (1, 64, 64)
+    expected = np.asarray(Image.new("RGB", (1, 1), (10, 200, 30)).convert("L"))[0, 0]
+    assert torch.all(grey.images[0] == int(expected))
+    with pytest.raises(ValueError, match="no factor grid"):
+        grey.index_of(torch.zeros(1, 5, dtype=torch.long))
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no \.png/\.jpg/\.jpeg images found under .*searched recursively"):
+        data.load_dataset("images", data_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no .png"):
+        data.load_dataset("images", data_dir=str(tmp_path / "missing"))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match="broken.png is not a readable image"):
+        data.load_dataset("images", data_dir=str(tmp_path))
+
+
+# --------------------------------------------------------------------------------------
+# batches
+# --------------------------------------------------------------------------------------
+class _Counting(data.Dataset):
+    """A 10-image data set whose image i is the constant i / 255: cheap and checkable."""
+
+    def __init__(self, n=10):
+        super().__init__("toy", "train", (1, 2, 2), n, 255)
+
+    def _uint8(self, idx):
+        return idx.to(torch.uint8)[:, None, None, None].expand(-1, 1, 2, 2)
+
+
+def _take(it, k):
+    return [next(it) for _ in range(k)]
+
+
+def test_batches_deterministic_permutations_and_drop_last():
+    d = _Counting(10)
+    a = _take(data.batches(d, 3, seed=5), 9)  # 3 steps per epoch (10 // 3), 3 epochs
+    torch.manual_seed(123)  # the global RNG must not matter
+    b = _take(data.batches(d, 3, seed=5), 9)
+    assert all(torch.equal(i, j) and torch.equal(x, y) for (i, x), (j, y) in zip(a, b))
+    for idx, x in a:
+        assert idx.dtype == torch.int64 and idx.shape == (3,) and x.shape == (3, 1, 2, 2)
+        assert torch.equal(x[:, 0, 0, 0] * 255, idx.float())  # x is dataset.batch(idx)
+    epochs = [torch.cat([a[e * 3 + s][0] for s in range(3)]) for e in range(3)]
+    for e in epochs:  # within an epoch no index repeats; one index is dropped (drop_last)
+        assert len(torch.unique(e)) == 9
+    assert not all(torch.equal(epochs[0], e) for e in epochs[1:])  # fresh permutations
+    c = _take(data.batches(d, 3, seed=6), 3)
+    assert not all(torch.equal(i, j) for (i, _), (j, _) in zip(a, c))
+
+
+@pytest.mark.parametrize("k", [0, 1, 3, 7, 8])
+def test_batches_resume_equals_straight_run(k):
+    d = _Counting(10)
+    straight = _take(data.batches(d, 4, seed=11), 12)  # 2 steps per epoch
+    resumed = _take(data.batches(d, 4, seed=11, start_step=k), 12 - k)
+    assert all(torch.equal(i, j) for (i, _), (j, _) in zip(straight[k:], resumed))
+
+
+def test_batches_errors_are_raised_at_call_time():
+    d = _Counting(10)
+    with pytest.raises(ValueError, match=r"batch_size must be an integer in \[1, 10\].*got 11"):
+        data.batches(d, 11, seed=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        data.batches(d, 0, seed=0)
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        data.batches(d, 2, seed=-1)
+    with pytest.raises(ValueError, match="start_step"):
+        data.batches(d, 2, seed=0, start_step=-3)
+
+
+# --------------------------------------------------------------------------------------
+# load_dataset argument errors
+# --------------------------------------------------------------------------------------
+def test_load_dataset_argument_errors(tmp_path):
+    with pytest.raises(ValueError) as e:
+        data.load_dataset("cifar10")
+    assert "unknown data set 'cifar10'" in str(e.value)
+    assert "mnist, fashion-mnist, shapes, dsprites, images" in str(e.value)
+    with pytest.raises(ValueError, match="split must be 'train' or 'test', got 'valid'"):
+        data.load_dataset("shapes", split="valid")
+    with pytest.raises(ValueError, match="channels must be 1 or 3"):
+        data.load_dataset("images", data_dir=str(tmp_path), channels=2)
+    with pytest.raises(ValueError, match="channels=3 is for 'images' only"):
+        data.load_dataset("mnist", data_dir=str(tmp_path), channels=3)
+    with pytest.raises(FileNotFoundError, match="mnist test split not found.*download=True"):
+        data.load_dataset("mnist", "test", data_dir=str(tmp_path), download=False)

@@ -1,0 +1,191 @@
+"""Figure helpers: image grids, latent traversals and training curves, saved as PNG.
+
+Nothing here touches an equation of the papers: the method files decide *which*
+latent vectors to decode (traversal ranges, ranking by KL, the discrete rows) and
+hand this module images, decode functions and numbers to draw. Headless: matplotlib
+runs on the Agg backend, so figures save on a server or in CI without a display.
+
+Shapes: N images, C channels, H x W pixels, R rows, L latent size.
+"""
+
+import csv
+
+import numpy as np
+import torch
+
+
+def _pyplot():
+    # Imported lazily so that `import viz` costs nothing and never needs a display.
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _as_numpy_images(images):
+    """(N, C, H, W) tensor/array in [0, 1] -> (N, H, W, C) float array clipped to [0, 1]."""
+    if isinstance(images, torch.Tensor):
+        images = images.detach().float().cpu().numpy()
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4:
+        raise ValueError(f"expected images of shape (N, C, H, W), got {images.shape}.")
+    return np.clip(images.transpose(0, 2, 3, 1), 0.0, 1.0)  # (N, H, W, C)
+
+
+def tile(images, nrow, pad=1, pad_value=1.0):
+    """Arrange (N, C, H, W) images into one (rows*H', nrow*W', C) array, row by row."""
+    imgs = _as_numpy_images(images)  # (N, H, W, C)
+    n, h, w, c = imgs.shape
+    rows = int(np.ceil(n / nrow))
+    hp, wp = h + pad, w + pad
+    canvas = np.full((rows * hp + pad, nrow * wp + pad, c), pad_value, dtype=np.float32)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        canvas[pad + r * hp: pad + r * hp + h, pad + q * wp: pad + q * wp + w] = imgs[i]
+    return canvas  # (rows*(H+pad)+pad, nrow*(W+pad)+pad, C)
+
+
+def save_image_grid(images, path, nrow, row_labels=None, title=None, col_labels=None):
+    """Save (N, C, H, W) images in [0, 1] as a grid with `nrow` images per row.
+
+    `row_labels` (one string per row) are written left of each row, e.g. the KL of
+    the traversed unit in nats; `col_labels` above each column.
+    """
+    plt = _pyplot()
+    canvas = tile(images, nrow)
+    n_rows = int(np.ceil(len(images) / nrow))
+    h_img = canvas.shape[0] / max(n_rows, 1)
+    scale = 0.9 / 34.0  # about 0.9 inch per 32-pixel cell keeps labels legible
+    fig_w = canvas.shape[1] * scale + (1.6 if row_labels else 0.2)
+    fig_h = canvas.shape[0] * scale + (0.5 if title else 0.1) + (0.3 if col_labels else 0.0)
+    fig, ax = plt.subplots(figsize=(max(fig_w, 2.0), max(fig_h, 1.0)))
+    cmap = "gray" if canvas.shape[2] == 1 else None
+    ax.imshow(canvas[..., 0] if canvas.shape[2] == 1 else canvas, cmap=cmap, vmin=0.0, vmax=1.0,
+              interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for s in ax.spines.values():
+        s.set_visible(False)
+    if row_labels:
+        for r, label in enumerate(row_labels):
+            ax.text(-4, (r + 0.5) * h_img, str(label), ha="right", va="center", fontsize=8)
+    if col_labels:
+        w_img = canvas.shape[1] / nrow
+        for q, label in enumerate(col_labels):
+            ax.text((q + 0.5) * w_img, -3, str(label), ha="center", va="bottom", fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+@torch.no_grad()
+def save_traversal(decode_fn, latents, path, row_labels=None, title=None, col_labels=None,
+                   batch_size=256):
+    """Decode a (R, Q, L) block of latent vectors and save it as an R x Q grid.
+
+    `decode_fn` maps a (B, L) tensor to images (B, C, H, W) in [0, 1] (the method
+    file applies the sigmoid to its decoder's logits); rows are typically one
+    latent unit each, columns the traversal values.
+    """
+    latents = torch.as_tensor(latents)
+    if latents.ndim != 3:
+        raise ValueError(f"expected latents of shape (rows, columns, latent), got {tuple(latents.shape)}.")
+    r, q, l = latents.shape
+    flat = latents.reshape(r * q, l)  # (R*Q, L)
+    images = torch.cat([decode_fn(flat[i:i + batch_size]) for i in range(0, r * q, batch_size)])
+    return save_image_grid(images.cpu(), path, nrow=q, row_labels=row_labels, title=title,
+                           col_labels=col_labels)
+
+
+def plot_curves(rows, path, x=None, xlabel="iteration", ylabel="", title=None, logy=False,
+                hlines=None):
+    """Line plot of named series: rows = {name: (T,) values}, x = (T,) shared abscissa.
+
+    `hlines` = {label: value} draws dashed reference lines (e.g. log K, a paper value).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    for name, values in rows.items():
+        values = np.asarray(values, dtype=float)
+        xs = np.arange(len(values)) if x is None else np.asarray(x, dtype=float)
+        ax.plot(xs, values, label=str(name), linewidth=1.2)
+    for label, value in (hlines or {}).items():
+        ax.axhline(value, linestyle="--", color="gray", linewidth=0.8)
+        ax.text(ax.get_xlim()[0], value, f" {label}", va="bottom", fontsize=7, color="gray")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title, fontsize=10)
+    if len(rows) > 1:
+        ax.legend(fontsize=7, ncol=2 if len(rows) > 6 else 1, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_matrix(matrix, path, xlabel="", ylabel="", title=None, xticklabels=None, yticklabels=None,
+                fmt="d"):
+    """Heat map with the value printed in each cell (confusion matrices, MI matrices)."""
+    plt = _pyplot()
+    m = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(0.45 * m.shape[1] + 2.0, 0.4 * m.shape[0] + 1.5))
+    im = ax.imshow(m, cmap="Blues", aspect="auto")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    threshold = m.max() / 2.0 if m.size else 0.0
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=6,
+                    color="white" if m[i, j] > threshold else "black")
+    ax.set_xticks(range(m.shape[1]))
+    ax.set_yticks(range(m.shape[0]))
+    if xticklabels is not None:
+        ax.set_xticklabels(xticklabels, fontsize=7, rotation=45, ha="right")
+    if yticklabels is not None:
+        ax.set_yticklabels(yticklabels, fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_scatter_lines(x, ys, path, xlabel="", ylabel="", title=None, labels=None):
+    """Several y-series against one x, as lines with markers (latent-vs-factor plots)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(3.2, 2.4))
+    for i, y in enumerate(ys):
+        ax.plot(np.asarray(x), np.asarray(y), marker=".", markersize=3, linewidth=1.0,
+                label=None if labels is None else labels[i])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
+    if labels is not None:
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def read_log(path):
+    """Read a method's log.csv into {column: float array} for plot_curves."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = {name: [] for name in reader.fieldnames or []}
+        for row in reader:
+            for name in cols:
+                value = row.get(name, "")
+                cols[name].append(float(value) if value not in ("", None) else np.nan)
+    return {name: np.asarray(v, dtype=float) for name, v in cols.items()}
