@@ -631,7 +631,7 @@ def evaluate(model, cfg, device, step, log_path=None):
     mu, logvar, alphas = encode_dataset(model, ds, indices, device, cfg["eval_batch_size"])
     reasons = {}
     res = dict(method="jointvae", objective=objective_name(cfg), dataset=cfg["dataset"],
-               eval_split=cfg["eval_split"], n_eval=n, step=step)
+               eval_split=cfg["eval_split"], n_eval=n, step=step, device=str(device))
     kl_units = metrics.kl_per_unit(mu, logvar) if cfg["cont"] else np.zeros(0)  # (D,) nats
     res["kl_per_unit"] = [float(v) for v in kl_units]
     res["kl_disc_per_var"] = [float(kl_categorical_uniform(a).mean()) for a in alphas]

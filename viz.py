@@ -109,10 +109,11 @@ def plot_curves(rows, path, x=None, xlabel="iteration", ylabel="", title=None, l
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
-    for name, values in rows.items():
+    styles = ("-", "--", ":", "-.")  # matplotlib repeats its 10 colours: vary the dash after that
+    for i, (name, values) in enumerate(rows.items()):
         values = np.asarray(values, dtype=float)
         xs = np.arange(len(values)) if x is None else np.asarray(x, dtype=float)
-        ax.plot(xs, values, label=str(name), linewidth=1.2)
+        ax.plot(xs, values, label=str(name), linewidth=1.2, linestyle=styles[(i // 10) % len(styles)])
     for label, value in (hlines or {}).items():
         ax.axhline(value, linestyle="--", color="gray", linewidth=0.8)
         ax.text(ax.get_xlim()[0], value, f" {label}", va="bottom", fontsize=7, color="gray")

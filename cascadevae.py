@@ -1,0 +1,1004 @@
+"""CascadeVAE: information cascading and alternating discrete assignment.
+
+Paper: Yeonwoo Jeong and Hyun Oh Song, "Learning Discrete and Continuous Factors of
+Data via Alternating Disentanglement", ICML 2019 (text in
+../shared/papers/cascadevae_jeong_song2019*.txt). Authors' code (TensorFlow, MIT, dSprites
+only): https://github.com/snu-mllab/DisentanglementICML19; where it differs from the
+paper the difference is listed below and the paper is followed.
+
+    python cascadevae.py --dataset shapes                        # supp. B.1 preset (dSprites)
+    python cascadevae.py --dataset fashion-mnist --data-dir ../shared/data
+    python cascadevae.py --dataset shapes --no-discrete          # CascadeVAE-C (Table 1)
+    python cascadevae.py --dataset shapes --no-cascade --beta 7  # CascadeVAE-D (Table 1)
+
+Equation -> code
+    eq. 1   beta-VAE objective (baseline: `--no-cascade --beta B --no-discrete`) cascadevae_loss
+    eq. 3   E_x KL(q(z|x)||p(z)) = I(x;z) + TC(z) + sum_j KL(q(z_j)||p(z_j)):
+            one large beta penalises I(x;z) with TC (sec. 3) ............. why cascade_betas exists
+    Prop. 1, 2, eq. 4  TC(z) = sum_{i>=2} I(z_{1:i-1}; z_i); opening z_i alone
+            while z_{i+1:m} stay at beta_h penalises each summand in turn ... cascade_betas
+    sec. 3, 6, Alg. 1  beta_j = beta_h, relieved to beta_l one dim every r iterations  cascade_betas
+    sec. 4  q(z, d|x) = q(z|x) if d = argmax_d' p(x|z, d'), the decoder infers d  CascadeVAE.unary
+    Lemma 1 KL(q(d)||p(d)) <= S E_{d,d'~q(d)}[1(d = d')] - 1 ............... same_class_pairs
+    eq. 5   lower bound: recon - beta KL_z - lam (S E[1(d = d')] - 1) ........ cascadevae_loss
+    eq. 6   max_d sum_i u_i^T d_i - lam' sum_{pairs} d_i^T d_j, exactly, by a
+            linear assignment with increasing slot costs (derivation in `assign`)  assign
+    Alg. 1  t > t_d: u with the networks frozen, assign d, one step on eq. 5
+            with d fixed and the same z; d = 0 before t_d ................... alternating_step_terms
+    sec. 7  test time: d(x) = argmax_k log p(x | mu(x), e_k) .................. CascadeVAE.infer_discrete
+    supp. B per-dataset hyperparameters, Tables 1, 3, 4 latent sizes ........... PRESETS
+    supp. C disentanglement score with the discrete dim; Tables 2-4 accuracy .. evaluate
+    Figs. 3, 5-11  traversals ranked by I(x; z_j), discrete row, I(x; z_j) during training  save_figures
+
+Shapes: B batch, D = m continuous latent units (the paper's m), S discrete
+configurations (one categorical variable, the paper's S; its one-hot vectors are
+e_1..e_S), N evaluated images, C x H x W image.
+
+DEVIATION: the decoder outputs logits and the Bernoulli log-likelihood is
+    `binary_cross_entropy_with_logits` (the paper: sigmoid + cross-entropy); same value,
+    numerically stable (nets.py). The authors' code does the same.
+DEVIATION: eq. 6 is solved with scipy's `linear_sum_assignment` in float64; the paper
+    cites minimum-cost flow (Jeong & Song 2018) and the authors' code runs OR-tools'
+    min-cost flow on costs rounded to int32 at 1e-4 nats. Same problem, same optimum up
+    to that rounding; `assign` proves the reduction.
+NOTE: sigma = softplus(encoder output), as in the authors' code (the paper does not say).
+    KL terms use log(sigma + 1e-8) like the code; `logvar` = 2 log(sigma + 1e-8) is
+    exposed for the metrics.
+NOTE: cascade schedule. Algorithm 1 is followed (`--schedule paper`, default): for
+    t = 1..T, at every t that is a multiple of r the next dim is relieved, so all m dims
+    sit at beta_h for t < r, and t_d plays no part. The authors' code (`--schedule
+    code`) relieves dim 0 from the first update and, once the alternating step starts
+    (t > t_d), holds the cascade for one period: n(t) = min(ceil(t/r) - [t > t_d], m).
+NOTE: dSprites settings where the code differs from supp. B.1 (we follow B.1 and
+    Table 1): code t_d = 4 periods x 2e4 = 8e4 (B.1: 1e5); code Adam lr 1e-4 with a
+    staircase decay x0.3 every 5e4 updates (B.1: 3e-4, no decay mentioned); code
+    default beta_l = 0.1 (Table 1's CascadeVAE row: 1.0). The code also adds an L2
+    weight penalty 4e-5 to the loss and initialises its (transposed) convolutions with
+    He (variance-scaling) weights; we use neither (PyTorch's default initialisation,
+    no weight decay). `--schedule code --t-d 80000
+    --lr 1e-4` gives the code's schedule (not its lr decay or L2 term).
+NOTE: eq. 6 as printed sums d_i^T d_j over ordered pairs i != j (each pair twice); the
+    authors' code (slot t of a class costs t*lam', summing to lam' n_k(n_k-1)/2) counts
+    each unordered pair once. supp. B's lam' values were used with the code, so we count
+    unordered pairs: `--lam` is the code's (and the appendix's) lam'.
+NOTE: Algorithm 1 "Set d(i) = 0" is read literally as the zero vector (the authors'
+    code feeds zeros too): before t_d the decoder's discrete input is 0 and its weights
+    get no gradient, i.e. the model is CascadeVAE-C. With t_d >= the run's iterations
+    the alternating step never runs; as sec. 6 says, that trains CascadeVAE-C, and the
+    script says so and reports the discrete metrics as null.
+NOTE: reductions. Recon: Bernoulli NLL summed over pixels, averaged over the batch;
+    KL_j: batch mean per dim; the pair penalty enters as lam' * pairs / B. So `loss` is
+    minus eq. 6 divided by B (the code's scale); `assign` maximises the undivided sum,
+    which has the same maximiser.
+NOTE: the authors' code evaluates every 1e4 updates and keeps the checkpoint with the
+    best disentanglement score (a choice made with the ground-truth factors); we train
+    for the given iterations and evaluate the last model.
+NOTE: supp. B gives no m or beta_l for MNIST, Fashion-MNIST or Chairs and the code has
+    no such experiments: the presets take m from Tables 3-4 (m = 10, first rows) and
+    Fig. 9, and beta_l = 1.0 (Table 1's value); for Chairs m = 7, the number of dims
+    Algorithm 1 relieves in 1.5e5 updates at r = 2e4. Each is marked in PRESETS.
+NOTE: the paper splits MNIST into 50,000 training and 10,000 test images (sec. 7.2); we
+    train on torchvision's 60,000 training images and evaluate on its 10,000 test
+    images, like jointvae.py.
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+import data
+import metrics
+import nets
+import viz
+
+# ---------------------------------------------------------------------------
+# Arguments and paper presets
+# ---------------------------------------------------------------------------
+
+# Jeong & Song (2019) supp. B (all data sets: batch 64, beta_h = 10.0) and the tables.
+# r, t_d and iterations count updates (Algorithm 1's t).
+PRESETS = {
+    "dsprites": dict(                    # supp. B.1 dSprites
+        cont=6, beta_l=1.0,              # Table 1, CascadeVAE row: m = 6, beta_l = 1.0 (90.49 mean)
+        disc=3,                          # B.1: dimension of discrete 3 (S = 3, Tables 1-2)
+        lr=3e-4, batch_size=64,          # B.1: Adam 3e-4; B: batch 64
+        beta_h=10.0,                     # B: beta_h fixed at 10.0
+        lam=0.001, r=20000,              # B.1: lam' 0.001, r 2e4
+        t_d=100000, iterations=300000,   # B.1: t_d 1e5, iterations 3e5
+    ),
+    "mnist": dict(                       # supp. B.2 MNIST
+        cont=10,                         # Table 3 first row and Fig. 9: m = 10
+        beta_l=1.0,                      # not given for MNIST: Table 1's beta_l (see NOTE)
+        disc=10,                         # B.2: dimension of discrete 10
+        lr=3e-4, batch_size=64,          # B.2: Adam 3e-4; B: batch 64
+        beta_h=10.0,                     # B: beta_h 10.0
+        lam=0.1, r=10000,                # B.2: lam' 0.1, r 1e4
+        t_d=0, iterations=120000,        # B.2: t_d 0, iterations 1.2e5
+    ),
+    "fashion-mnist": dict(               # supp. B.3 FashionMNIST
+        cont=10,                         # Table 4 first row: m = 10
+        beta_l=1.0,                      # not given: Table 1's beta_l (see NOTE)
+        disc=10,                         # B.3: dimension of discrete 10
+        lr=1e-4, batch_size=64,          # B.3: Adam 1e-4; B: batch 64
+        beta_h=10.0,                     # B: beta_h 10.0
+        lam=0.1, r=10000,                # B.3: lam' 0.1, r 1e4
+        t_d=0, iterations=120000,        # B.3: t_d 0, iterations 1.2e5
+    ),
+    "chairs": dict(                      # supp. B.4 Chairs (a folder of 64x64 images)
+        cont=7,                          # not given: 7 dims are relieved in 1.5e5 updates at r = 2e4
+        beta_l=1.0,                      # not given: Table 1's beta_l (see NOTE)
+        disc=3,                          # B.4: dimension of discrete 3 (Fig. 10: "period of 3")
+        lr=1e-4, batch_size=64,          # B.4: Adam 1e-4; B: batch 64
+        beta_h=10.0,                     # B: beta_h 10.0
+        lam=0.01, r=20000,               # B.4: lam' 0.01, r 2e4
+        t_d=60000, iterations=150000,    # B.4: t_d 6e4, iterations 1.5e5
+    ),
+}
+PRESETS["shapes"] = dict(PRESETS["dsprites"])  # procedural dSprites: the dSprites preset
+
+# How each --dataset maps onto data.load_dataset, and the default splits: accuracy on
+# test data for MNIST / Fashion-MNIST (Tables 3-4); factor data sets are one grid.
+DATA_SOURCES = {
+    "mnist": dict(name="mnist", channels=1, train_split="train", eval_split="test"),
+    "fashion-mnist": dict(name="fashion-mnist", channels=1, train_split="train", eval_split="test"),
+    "dsprites": dict(name="dsprites", channels=1, train_split="train", eval_split="train"),
+    "shapes": dict(name="shapes", channels=1, train_split="train", eval_split="train"),
+    "chairs": dict(name="images", channels=1, train_split="train", eval_split="train"),
+}
+
+DEFAULTS = dict(
+    dataset="mnist", data_dir="data", download=True, train_split=None, eval_split=None,
+    cont=10, disc=10, no_discrete=False, beta_h=10.0, beta_l=1.0, r=10000, t_d=0,
+    schedule="paper", lam=0.1, no_cascade=False, beta=None, lr=3e-4, batch_size=64,
+    iterations=120000, seed=0, device="auto", out=None, log_every=100, save_every=5000,
+    eval_samples=None, eval_batch_size=512, metric_votes=800, eval_only=False,
+    checkpoint=None, resume=None, no_eval=False, no_progress=False,
+)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="cascadevae.py",
+        description="CascadeVAE (Jeong & Song 2019): train or evaluate. "
+                    "Defaults are the paper's supp. B preset for --dataset; flags override.",
+        argument_default=argparse.SUPPRESS,  # so we know which flags the user set
+    )
+    p.add_argument("--dataset", choices=sorted(DATA_SOURCES), help="selects data and supp. B preset (default mnist)")
+    p.add_argument("--data-dir", help="data folder (torchvision layout), or the image folder for chairs (default ./data)")
+    p.add_argument("--no-download", dest="download", action="store_false", help="never try to download")
+    p.add_argument("--train-split", choices=["train", "test"], help="split to train on")
+    p.add_argument("--eval-split", choices=["train", "test"], help="split to evaluate on")
+    p.add_argument("--cont", type=int, help="number of continuous latent units m")
+    p.add_argument("--disc", type=int, help="number S of discrete configurations (one categorical variable)")
+    p.add_argument("--no-discrete", action="store_true", help="ablation CascadeVAE-C: no discrete variable (Table 1)")
+    p.add_argument("--beta-h", type=float, help="beta_h of the cascade (supp. B: 10)")
+    p.add_argument("--beta-l", type=float, help="beta_l a relieved dim gets (Table 1)")
+    p.add_argument("--r", type=int, help="cascade period r: one dim is relieved every r iterations (sec. 6)")
+    p.add_argument("--t-d", type=int, help="warm-up t_d: the alternating step runs for t > t_d (Algorithm 1)")
+    p.add_argument("--schedule", choices=["paper", "code"], help="cascade as in Algorithm 1 (paper, default) or the authors' code")
+    p.add_argument("--lam", type=float, help="lam' of eq. 6, per unordered same-class pair (supp. B)")
+    p.add_argument("--no-cascade", action="store_true", help="ablation CascadeVAE-D: one --beta for every dim (Table 1)")
+    p.add_argument("--beta", type=float, help="with --no-cascade: the single beta (Table 1 uses 7.0 for m = 6)")
+    p.add_argument("--lr", type=float, help="Adam learning rate")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--iterations", type=int, help="training length in updates (supp. B's unit)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--out", help="run folder (default runs/cascadevae-<dataset>-s<seed>)")
+    p.add_argument("--log-every", type=int, help="iterations between log.csv rows")
+    p.add_argument("--save-every", type=int, help="iterations between checkpoints")
+    p.add_argument("--eval-samples", type=int, help="evaluate on a random subset of this many images (default all)")
+    p.add_argument("--eval-batch-size", type=int)
+    p.add_argument("--metric-votes", type=int, help="votes of the FactorVAE score (default 800, supp. C)")
+    p.add_argument("--no-eval", action="store_true", help="skip evaluation after training")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint, no training")
+    p.add_argument("--checkpoint", help="checkpoint (or run folder) to evaluate")
+    p.add_argument("--resume", help="checkpoint (or run folder) to continue training from")
+    return p
+
+
+def make_config(argv=None):
+    """Merge DEFAULTS <- PRESETS[dataset] <- explicit flags (<- a resumed run's config)."""
+    explicit = vars(build_parser().parse_args(argv))
+    if "resume" in explicit:
+        resume_path = _checkpoint_path(explicit["resume"])
+        cfg = dict(_load_checkpoint(resume_path)["config"])
+        cfg.update(explicit)
+        cfg["resume"] = resume_path
+    else:
+        cfg = dict(DEFAULTS)
+        dataset = explicit.get("dataset", cfg["dataset"])
+        cfg.update(PRESETS[dataset])
+        cfg.update(explicit)
+    source = DATA_SOURCES[cfg["dataset"]]
+    cfg["train_split"] = cfg.get("train_split") or source["train_split"]
+    cfg["eval_split"] = cfg.get("eval_split") or source["eval_split"]
+    if cfg.get("out") is None:
+        tag = "eval" if cfg["eval_only"] else f"s{cfg['seed']}"
+        cfg["out"] = os.path.join("runs", f"cascadevae-{cfg['dataset']}-{tag}")
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg):
+    """One ValueError sentence per bad flag combination."""
+    if cfg["cont"] < 1:
+        raise ValueError(f"--cont {cfg['cont']}: CascadeVAE needs at least one continuous unit (m >= 1).")
+    if not cfg["no_discrete"] and cfg["disc"] < 2:
+        raise ValueError(f"--disc {cfg['disc']}: the discrete variable needs S >= 2 configurations "
+                         "(one configuration carries no information); use --no-discrete for CascadeVAE-C.")
+    if cfg["lam"] < 0:
+        raise ValueError(f"--lam {cfg['lam']} is negative; eq. 6 needs lam' >= 0 (a negative weight rewards "
+                         "same-class pairs and the assignment is then no longer exact).")
+    if cfg["beta_h"] < 0 or cfg["beta_l"] < 0:
+        raise ValueError("--beta-h and --beta-l must be >= 0 (they weight KL terms).")
+    if cfg["r"] < 1:
+        raise ValueError(f"--r {cfg['r']}: the cascade period must be at least 1 iteration.")
+    if cfg["t_d"] < 0:
+        raise ValueError(f"--t-d {cfg['t_d']}: the warm-up t_d must be >= 0.")
+    if cfg["no_cascade"] and cfg["beta"] is None:
+        raise ValueError("--no-cascade needs --beta B, the single beta of CascadeVAE-D (Table 1 uses 7.0 for m = 6).")
+    if cfg["beta"] is not None and not cfg["no_cascade"]:
+        raise ValueError("--beta is the single beta of --no-cascade (CascadeVAE-D); "
+                         "for the cascade set --beta-h and --beta-l instead.")
+    if cfg["beta"] is not None and cfg["beta"] < 0:
+        raise ValueError(f"--beta {cfg['beta']} is negative; eq. 1 needs beta >= 0.")
+    if cfg["lr"] <= 0 or cfg["batch_size"] < 1:
+        raise ValueError("--lr must be > 0 and --batch-size >= 1.")
+    if cfg["iterations"] < 0:
+        raise ValueError("--iterations must be >= 0.")
+    if cfg["log_every"] < 1 or cfg["save_every"] < 1:
+        raise ValueError("--log-every and --save-every must be >= 1.")
+    if cfg["eval_samples"] is not None and cfg["eval_samples"] < 1:
+        raise ValueError("--eval-samples must be >= 1.")
+    if cfg["eval_only"] and not cfg.get("checkpoint"):
+        raise ValueError("--eval-only needs --checkpoint PATH (a cascadevae.py checkpoint or run folder).")
+
+
+def objective_name(cfg):
+    """Which model of the paper the flags select (printed and saved with the run)."""
+    discrete = not cfg["no_discrete"]
+    if discrete and cfg["t_d"] >= cfg["iterations"]:
+        discrete = False  # sec. 6: "if t_d > MAXITER, the pseudocode trains CascadeVAE-C"
+        suffix = " (t_d >= iterations: the alternating step never runs, sec. 6)"
+    else:
+        suffix = ""
+    if cfg["no_cascade"]:
+        name = "CascadeVAE-D (eq. 5-6, one beta)" if discrete else "beta-VAE (eq. 1)"
+    else:
+        name = "CascadeVAE (eq. 5-6, Algorithm 1)" if discrete else "CascadeVAE-C (eq. 1 with information cascading)"
+    return name + suffix
+
+
+# ---------------------------------------------------------------------------
+# Model: encoder -> (mu, sigma), reparameterised z, decoder p(x | z, d) (sec. 4, Fig. 1d)
+# ---------------------------------------------------------------------------
+
+SIGMA_EPS = 1e-8  # added inside log(sigma), as the authors' code does
+
+
+def reparameterize(mu, sigma):
+    """z = mu + sigma * eps, eps ~ N(0, I): z ~ q(z|x) with gradients to mu and sigma."""
+    eps = torch.randn_like(mu)   # (B, D)
+    return mu + sigma * eps      # (B, D)
+
+
+class CascadeVAE(nn.Module):
+    """q(z|x) = N(mu, diag sigma^2); p(x | z, d) Bernoulli with d one-hot in {e_1..e_S} (Fig. 1d).
+
+    The encoder sees only x and outputs only z's parameters: d is not encoded but
+    inferred through the decoder (sec. 4), by `unary` + `assign` in training and by
+    `infer_discrete` at test time. disc = 0 builds CascadeVAE-C (decoder input z only).
+    """
+
+    def __init__(self, image_size, cont, disc):
+        super().__init__()
+        self.cont, self.disc = int(cont), int(disc)
+        # One head carries [mu (D) | pre-sigma (D)], like the authors' split of one output.
+        self.encoder = nets.Encoder(image_size, 2 * self.cont)
+        self.decoder = nets.Decoder(image_size, self.cont + self.disc)
+
+    def encode(self, x):
+        """x (B, C, H, W) -> mu (B, D), sigma (B, D) = softplus(.), logvar (B, D) = 2 log sigma."""
+        h = self.encoder(x)                               # (B, 2D)
+        mu, sigma = h[:, :self.cont], F.softplus(h[:, self.cont:])  # (B, D), (B, D) > 0
+        logvar = 2.0 * torch.log(sigma + SIGMA_EPS)       # (B, D), for metrics (kl_per_unit, MIG)
+        return mu, sigma, logvar
+
+    def latent(self, z, d=None):
+        """Decoder input concat([z, one_hot(d)]): (B, D + S). d=None is Algorithm 1's d = 0,
+        the zero vector (before t_d); without a discrete variable it is z itself."""
+        if not self.disc:
+            return z                                      # (B, D)
+        if d is None:
+            onehot = z.new_zeros(z.shape[0], self.disc)   # (B, S) the zero vector
+        else:
+            onehot = F.one_hot(d, self.disc).to(z.dtype)  # (B, S) e_{d_i}
+        return torch.cat([z, onehot], dim=1)              # (B, D + S)
+
+    def decode(self, latent):
+        return self.decoder(latent)                       # (B, C, H, W) logits
+
+    @torch.no_grad()
+    def unary(self, x, z):
+        """eq. 6: u[i, k] = log p_theta(x_i | z_i, e_k) for all k, in one batched decode.
+
+        Bernoulli log-likelihood summed over pixels and channels. No gradient: the
+        networks are frozen while d is chosen (Algorithm 1). x (B, C, H, W), z (B, D)
+        -> u (B, S).
+        """
+        b, s = z.shape[0], self.disc
+        onehots = torch.eye(s, device=z.device, dtype=z.dtype)                   # (S, S) e_1..e_S
+        lat = torch.cat([z.unsqueeze(0).expand(s, b, self.cont),
+                         onehots.unsqueeze(1).expand(s, b, s)], dim=2)            # (S, B, D + S)
+        logits = self.decoder(lat.reshape(s * b, self.cont + s))                 # (S*B, C, H, W)
+        logits = logits.reshape(s, b, *x.shape[1:])                              # (S, B, C, H, W)
+        nll = F.binary_cross_entropy_with_logits(logits, x.unsqueeze(0).expand_as(logits),
+                                                 reduction="none")               # (S, B, C, H, W)
+        return -nll.sum(dim=(2, 3, 4)).t()                                       # (B, S)
+
+    @torch.no_grad()
+    def infer_discrete(self, x, mu):
+        """Test time: d(x) = argmax_k log p(x | mu(x), e_k), no pair penalty (sec. 7,
+        as the authors' evaluation: z at the posterior mean). -> d (B,), u (B, S)."""
+        u = self.unary(x, mu)                             # (B, S)
+        return u.argmax(dim=1), u
+
+    def forward(self, x, d=None):
+        """Reconstruction: sampled z in train mode, z = mu in eval mode; d as given (None = 0)."""
+        mu, sigma, logvar = self.encode(x)
+        z = reparameterize(mu, sigma) if self.training else mu   # (B, D)
+        return dict(x_logits=self.decode(self.latent(z, d)), mu=mu, sigma=sigma, logvar=logvar, z=z)
+
+
+# ---------------------------------------------------------------------------
+# Loss: eq. 5-6 (and eq. 1 for the ablations), the cascade (sec. 3, 6), the assignment
+# ---------------------------------------------------------------------------
+
+def kl_normal(mu, sigma):
+    """KL(N(mu, sigma^2) || N(0, 1)) per unit: 1/2 (mu^2 + sigma^2 - 1) - log sigma, (B, D).
+
+    Batch-averaged, unit j's term is the sample estimate of E_x KL(q(z_j|x)||p(z_j)),
+    the upper bound on I(x; z_j) plotted in Figs. 5, 9, 11.
+    """
+    return 0.5 * (mu.pow(2) + sigma.pow(2) - 1.0) - torch.log(sigma + SIGMA_EPS)  # (B, D)
+
+
+def relieved_dims(step, m, r, t_d, schedule="paper"):
+    """How many dims have been switched from beta_h to beta_l at update `step` (= t).
+
+    paper (Algorithm 1): "for t = 1..MAXITER: if t is a multiple of r, switch beta_j
+        to beta_l and j <- j + 1", so n(t) = floor(t / r), capped at m.
+    code (the authors' dSprites script, update t = iter + 1, period p = (t - 1) // r):
+        p + 1 dims while t <= t_d and p dims after, i.e. dim 0 is relieved at the first
+        update and the cascade pauses for one period when the alternating step starts.
+    """
+    step = int(step)
+    if schedule == "paper":
+        n = step // r
+    elif schedule == "code":
+        n = 0 if step <= 0 else (step - 1) // r + 1 - (1 if step > t_d else 0)
+    else:
+        raise ValueError(f"schedule must be 'paper' or 'code', got {schedule!r}.")
+    return max(0, min(n, int(m)))
+
+
+def cascade_betas(step, m, beta_h, beta_l, r, t_d, schedule="paper"):
+    """sec. 3, 6, Algorithm 1: the per-dim KL weights beta_j at update `step`, (m,) float32.
+
+    Each beta_j starts at beta_h and is relieved to beta_l in order j = 1, 2, ...; while
+    z_{i+1:m} are held at beta_h, maximising eq. 1 maximises a lower bound on
+    I(x; z_{1:i}) = I(x; z_{1:i-1}) + I(x; z_i) - I(z_{1:i-1}; z_i) (Prop. 2), pushing down the
+    summand I(z_{1:i-1}; z_i) of TC(z) (eq. 4, Prop. 1): the newly opened dim is
+    encouraged to carry information independent of the ones opened before it.
+    t_d only matters for schedule="code" (see `relieved_dims`).
+    """
+    n = relieved_dims(step, m, r, t_d, schedule)
+    betas = torch.full((int(m),), float(beta_h))     # (D,)
+    betas[:n] = float(beta_l)
+    return betas
+
+
+def same_class_pairs(d, num_disc):
+    """Class counts n_k (S,) of a batch's assignment and its unordered same-class pairs.
+
+    Lemma 1 (the reason for the penalty): for a uniform prior p(d) over S
+    configurations, KL(q(d)||p(d)) = sum_d q log(q S) <= sum_d q (q S - 1)
+    = S E_{d,d'~q(d)}[1(d = d')] - 1 (log y <= y - 1). On a batch, with q_k = n_k / B,
+    sum_{i != j} 1[d_i = d_j] = B^2 sum_k q_k^2 - B = 2 * pairs: eq. 6's pair count is
+    an increasing affine function of the bound, so penalising pairs pushes the batch's
+    q(d) towards uniform. pairs = sum_k n_k (n_k - 1) / 2 counts each unordered pair
+    once, the authors' code's convention (see the module docstring).
+    """
+    counts = F.one_hot(d, num_disc).sum(dim=0).to(torch.float32)   # (S,) n_k
+    pairs = (counts * (counts - 1.0)).sum() / 2.0                  # 0-dim
+    return counts, pairs
+
+
+def assign(u, lam, slots=None):
+    """eq. 6, inner problem, solved exactly: d = argmax_d sum_i u[i, d_i] - lam * pairs(d).
+
+    u (B, S) tensor or array: u[i, k] = log p(x_i | z_i, e_k); lam >= 0 is lam' per
+    unordered same-class pair. Returns d LongTensor (B,) on the CPU.
+
+    Why a linear assignment is exact. With class counts n_k(d), pairs(d) =
+    sum_k n_k (n_k - 1) / 2 =: sum_k f(n_k), and f(n + 1) - f(n) = n grows with n
+    (f is convex in the count). Give every class k B "slots" t = 0..B-1 and let image i
+    in slot (k, t) cost c[i, (k, t)] = -u[i, k] + lam * t; a linear assignment puts each
+    image in its own slot, minimising the total cost (the matrix is (B, S*B), every row
+    matched to a distinct column).
+      (a) Any assignment whose images of class k use slots T_k (|T_k| = n_k) costs
+          -sum_i u[i, d_i] + lam sum_k sum_{t in T_k} t >= -objective(d), with equality
+          when T_k = {0, .., n_k - 1}, because sum_{t < n_k} t = n_k (n_k - 1) / 2.
+      (b) Every labelling d is reached by such a "lowest slots" assignment.
+    So min over assignments = min over labellings of -objective(d), and the classes of
+    an optimal assignment form an optimal d. Convexity is what makes the slot costs
+    increasing (lam >= 0); with lam < 0 the cheapest slots would be the last ones and
+    (a) fails, hence the check. lam = 0 gives the row-wise argmax; a large lam forces
+    counts that differ by at most one.
+
+    Speed (same optimum): only the first `slots` slots of each class are offered, a
+    (B, S*slots) matrix; default slots = 1 + the largest class of the row-wise argmax.
+    If every class of the solution has fewer than `slots` members the cap is slack, and
+    the solution is optimal without it: the slot LP is the convex problem
+    min_y -sum u y + lam sum_k g(sum_i y_ik) (g the piecewise-linear f), a solution at
+    which no cap binds is a local, hence global, minimum of the uncapped problem, and
+    the LP optimum is a lower bound on every labelling's cost. Otherwise the cap doubles
+    (at most log2 B more solves; `slots` = B is the plain construction above).
+    """
+    if isinstance(u, torch.Tensor):
+        u = u.detach().cpu().double().numpy()
+    u = np.asarray(u, dtype=np.float64)                   # (B, S)
+    if u.ndim != 2 or u.shape[0] < 1 or u.shape[1] < 1:
+        raise ValueError(f"u must be a (B, S) array with B, S >= 1, got shape {u.shape}.")
+    if not np.isfinite(lam) or lam < 0:
+        raise ValueError(f"lam = {lam}: the pair penalty must be a finite number >= 0 for the assignment to be exact.")
+    if not np.isfinite(u).all():
+        raise ValueError("u has NaN or infinite entries; the log-likelihoods must be finite to assign classes.")
+    b, s = u.shape
+    if slots is None:
+        slots = int(np.bincount(u.argmax(axis=1), minlength=s).max()) + 1
+    slots = max(1, min(int(slots), b))
+    while True:
+        slot_cost = lam * np.arange(slots, dtype=np.float64)   # (slots,) the t-th member costs lam * t
+        cost = (-u)[:, :, None] + slot_cost[None, None, :]     # (B, S, slots): [i, k, t]
+        rows, cols = linear_sum_assignment(cost.reshape(b, s * slots))  # column k * slots + t
+        d = np.empty(b, dtype=np.int64)                        # (B,)
+        d[rows] = cols // slots
+        if slots == b or np.bincount(d, minlength=s).max() < slots:
+            return torch.from_numpy(d)
+        slots = min(b, 2 * slots)                              # a cap was binding: widen it
+
+
+def cascadevae_loss(x, x_logits, mu, sigma, betas, d=None, num_disc=0, lam=0.0):
+    """The loss to minimise (minus eq. 6 / B, with d fixed) and its terms.
+
+    x (B, C, H, W) in [0, 1]; x_logits (B, C, H, W) decoded from (z, e_d) (or (z, 0));
+    mu, sigma (B, D); betas (D,) from `cascade_betas` (all equal: eq. 1 / CascadeVAE-D);
+    d LongTensor (B,) from `assign`, or None before t_d / without a discrete variable;
+    num_disc S; lam = lam' of eq. 6.
+    Returns a dict of 0-dim tensors (no host sync) plus per-unit KLs (D,) and counts (S,):
+      recon        -(1/B) sum_i log p(x_i | z_i, e_{d_i}), summed over pixels  (eq. 5, 1st term)
+      kl_units     (D,) batch-mean KL_j;  kl = sum_j KL_j
+      weighted_kl  sum_j beta_j KL_j                                              (eq. 5-6, sec. 6)
+      penalty      lam' * pairs / B: constant in the parameters once d is fixed (eq. 6)
+      h_d, kl_d    entropy of the batch's q(d) and KL(q(d)||uniform) = log S - h_d
+      lemma1_bound S sum_k q_k^2 - 1 >= kl_d (Lemma 1)
+      loss         recon + weighted_kl + penalty
+    """
+    batch = x.shape[0]
+    # -E_q[log p(x|z, d)]: Bernoulli NLL summed over pixels and channels, mean over the batch.
+    recon = F.binary_cross_entropy_with_logits(x_logits, x, reduction="sum") / batch
+    kl_units = kl_normal(mu, sigma).mean(dim=0)                  # (D,) batch mean per unit
+    kl = kl_units.sum()                                          # KL(q(z|x)||p(z)), summed over units
+    # eq. 5-6 with a beta per dim (sec. 6): sum_j beta_j KL(q(z_j|x)||p(z_j)).
+    weighted_kl = (betas.to(kl_units.dtype) * kl_units).sum()
+    zero = kl.new_zeros(())
+    if d is not None:
+        counts, pairs = same_class_pairs(d, num_disc)            # (S,), 0-dim
+        counts = counts.to(kl.dtype)
+        penalty = lam * pairs.to(kl.dtype) / batch               # eq. 6: lam' sum_{pairs} d_i^T d_j, / B
+        q = counts / batch                                       # (S,) the batch's q(d)
+        h_d = -torch.special.xlogy(q, q).sum()
+        kl_d = math.log(num_disc) - h_d                          # KL(q(d)||p(d)), p uniform
+        lemma1_bound = num_disc * q.pow(2).sum() - 1.0           # Lemma 1: >= kl_d
+    else:
+        counts, penalty, h_d, kl_d, lemma1_bound = kl.new_zeros(max(num_disc, 0)), zero, zero, zero, zero
+    loss = recon + weighted_kl + penalty
+    return dict(loss=loss, recon=recon, kl=kl, weighted_kl=weighted_kl, penalty=penalty,
+                h_d=h_d, kl_d=kl_d, lemma1_bound=lemma1_bound, kl_units=kl_units, counts=counts)
+
+
+def alternating_step_terms(model, x, betas, lam, assign_discrete):
+    """Algorithm 1's loop body up to the gradient (the caller steps the optimiser).
+
+    Sample z ~ q(z|x) once; if `assign_discrete` (t > t_d and S >= 2): u from one no-grad
+    decode of B*S images, d = assign(u, lam); then decode (z, e_d) with gradients, reusing
+    the same z, and return `cascadevae_loss`'s terms plus d (B,) or None, u (B, S) or None
+    and the seconds the solve took (host time, excluding the device-to-host copy of u).
+    """
+    mu, sigma, _ = model.encode(x)                     # (B, D), (B, D)
+    z = reparameterize(mu, sigma)                      # (B, D) one sample per image
+    d, u, solve_seconds = None, None, 0.0
+    if model.disc and assign_discrete:
+        u = model.unary(x, z.detach())                 # (B, S), networks frozen
+        u_host = u.cpu()                               # the one host sync per step of the alternating phase
+        if not bool(torch.isfinite(u_host).all()):
+            raise FloatingPointError("non-finite log-likelihoods in the assignment step")
+        t0 = time.perf_counter()
+        d = assign(u_host, lam).to(x.device)           # (B,) eq. 6, exact
+        solve_seconds = time.perf_counter() - t0
+    x_logits = model.decode(model.latent(z, d))        # (B, C, H, W), d held fixed
+    terms = cascadevae_loss(x, x_logits, mu, sigma, betas, d, model.disc, lam)
+    terms.update(d=d, u=u, solve_seconds=solve_seconds)
+    return terms
+
+
+# ---------------------------------------------------------------------------
+# Training loop
+# ---------------------------------------------------------------------------
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def _rng_state():
+    state = dict(torch=torch.get_rng_state(), python=random.getstate(),
+                 numpy=torch.from_numpy(np.random.get_state()[1].astype(np.int64)))
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _checkpoint_path(path):
+    return os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path
+
+
+def _load_checkpoint(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass a checkpoint.pt file or a run folder.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say which, not a pickle trace
+        raise ValueError(f"could not read checkpoint {path} ({type(err).__name__}); "
+                         "it is not a PyTorch checkpoint or it is corrupt.") from None
+
+
+def save_checkpoint(path, model, optimizer, step, cfg):
+    """Atomic write: a crash mid-save leaves the previous checkpoint intact."""
+    tmp = path + ".tmp"
+    torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), step=step,
+                    config=cfg, rng=_rng_state()), tmp)
+    os.replace(tmp, path)
+
+
+def load_dataset(cfg, split):
+    source = DATA_SOURCES[cfg["dataset"]]
+    return data.load_dataset(source["name"], split=split, data_dir=cfg["data_dir"],
+                             download=cfg["download"], channels=source["channels"])
+
+
+def build_model(cfg, image_size):
+    return CascadeVAE(image_size, cfg["cont"], 0 if cfg["no_discrete"] else cfg["disc"])
+
+
+def num_iterations(cfg, n_train):
+    return int(cfg["iterations"])  # supp. B gives training length in iterations directly
+
+
+def betas_at(cfg, step):
+    """beta_j at update `step`: the cascade, or one beta for every dim (--no-cascade)."""
+    if cfg["no_cascade"]:
+        return torch.full((cfg["cont"],), float(cfg["beta"]))  # (D,)
+    return cascade_betas(step, cfg["cont"], cfg["beta_h"], cfg["beta_l"], cfg["r"], cfg["t_d"], cfg["schedule"])
+
+
+def discrete_trained(cfg, step):
+    """Whether the alternating step has run by update `step` (t > t_d, Algorithm 1)."""
+    return not cfg["no_discrete"] and step is not None and step > cfg["t_d"]
+
+
+def log_columns(cfg):
+    return (["step", "loss", "recon", "kl", "weighted_kl", "penalty", "h_d", "kl_d", "lemma1_bound",
+             "relieved", "solve_ms"] + [f"kl_z{j}" for j in range(cfg["cont"])] + ["seconds", "img_per_s"])
+
+
+def train(cfg, device):
+    """Algorithm 1 for the given number of updates; returns the model and the step."""
+    out = cfg["out"]
+    os.makedirs(out, exist_ok=True)
+    ds = load_dataset(cfg, cfg["train_split"])
+    if cfg["batch_size"] > len(ds):
+        raise ValueError(f"--batch-size {cfg['batch_size']} exceeds the {len(ds)} training images.")
+    total = num_iterations(cfg, len(ds))
+    seed_everything(cfg["seed"])
+    model = build_model(cfg, ds.image_size).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    step = 0
+    ckpt_path = os.path.join(out, "checkpoint.pt")
+    log_path = os.path.join(out, "log.csv")
+    if cfg.get("resume"):
+        ckpt = _load_checkpoint(cfg["resume"])
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step = int(ckpt["step"])
+        _set_rng_state(ckpt["rng"])
+        _truncate_log(log_path, step)
+        print(f"resumed from {cfg['resume']} at step {step}")
+    cfg = dict(cfg, iterations_total=total, objective=objective_name(cfg), train_size=len(ds))
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    print(f"{cfg['objective']} on {cfg['dataset']} ({len(ds)} images {ds.image_size}), "
+          f"{total} iterations, {nets.count_parameters(model)} parameters, device {device}")
+    if not cfg["no_discrete"] and cfg["t_d"] >= total:
+        print(f"note: --t-d {cfg['t_d']} >= {total} iterations, so the alternating step never runs and this "
+              "run trains CascadeVAE-C (sec. 6); lower --t-d to learn the discrete factor.")
+
+    columns = log_columns(cfg)
+    new_log = not os.path.exists(log_path) or step == 0
+    log_file = open(log_path, "w" if new_log else "a", newline="")
+    writer = csv.writer(log_file)
+    if new_log:
+        writer.writerow(columns)
+    progress = _progress(total, step, cfg["no_progress"])
+    stream = data.batches(ds, cfg["batch_size"], seed=cfg["seed"], start_step=step)
+    model.train()
+    beta_cache = {}  # the betas change every r steps: keep one device copy per value
+    sums, n_in_sums, solve_sum = None, 0, 0.0
+    finite = torch.ones((), dtype=torch.bool, device=device)
+    t_last = time.perf_counter()
+    try:
+        while step < total:
+            _, x = next(stream)                               # (B, C, H, W) in [0, 1]
+            x = x.to(device, non_blocking=True)
+            step += 1                                         # the t-th update of Algorithm 1
+            n_relieved = -1 if cfg["no_cascade"] else relieved_dims(
+                step, cfg["cont"], cfg["r"], cfg["t_d"], cfg["schedule"])
+            if n_relieved not in beta_cache:
+                beta_cache[n_relieved] = betas_at(cfg, step).to(device)  # (D,)
+            terms = alternating_step_terms(model, x, beta_cache[n_relieved], cfg["lam"],
+                                           assign_discrete=step > cfg["t_d"])
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            # Accumulate on the device; the host reads them once per --log-every.
+            row = torch.cat([torch.stack([terms[k].detach() for k in
+                                          ("loss", "recon", "kl", "weighted_kl", "penalty", "h_d", "kl_d",
+                                           "lemma1_bound")]),
+                             terms["kl_units"].detach()])     # (8 + D,)
+            sums = row if sums is None else sums + row
+            n_in_sums += 1
+            solve_sum += terms["solve_seconds"]
+            finite &= torch.isfinite(terms["loss"].detach())
+            if step % cfg["log_every"] == 0 or step == total:
+                if not bool(finite):
+                    raise FloatingPointError(step)
+                now = time.perf_counter()
+                values = (sums / n_in_sums).tolist()
+                n_shown = cfg["cont"] if n_relieved < 0 else n_relieved
+                values = values[:8] + [n_shown, 1000.0 * solve_sum / n_in_sums] + values[8:]
+                writer.writerow([step] + [f"{v:.6g}" for v in values]
+                                + [f"{now - t_last:.3f}", f"{n_in_sums * x.shape[0] / (now - t_last):.1f}"])
+                log_file.flush()
+                progress.set_postfix(loss=f"{values[0]:.1f}", recon=f"{values[1]:.1f}",
+                                     kl=f"{values[2]:.2f}", h_d=f"{values[5]:.2f}", refresh=False)
+                sums, n_in_sums, solve_sum, t_last = None, 0, 0.0, now
+            progress.update(1)
+            if step % cfg["save_every"] == 0 or step == total:
+                if not bool(finite):
+                    raise FloatingPointError(step)
+                save_checkpoint(ckpt_path, model, optimizer, step, cfg)
+    except FloatingPointError:
+        raise FloatingPointError(
+            f"the loss became NaN or infinite by step {step}; the last good checkpoint is kept "
+            f"in {out} — lower --lr, or check the input data.") from None
+    finally:
+        progress.close()
+        log_file.close()
+    return model, step, cfg
+
+
+def _progress(total, initial, disable):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is in requirements.txt; degrade quietly if absent
+        disable = True
+    if disable:
+        class _Null:
+            def update(self, n): pass
+            def set_postfix(self, **kw): pass
+            def close(self): pass
+        return _Null()
+    return tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, smoothing=0.05)
+
+
+def _truncate_log(log_path, step):
+    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
+    if not os.path.exists(log_path):
+        return
+    with open(log_path, newline="") as f:
+        rows = list(csv.reader(f))
+    keep = rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) <= step]
+    with open(log_path, "w", newline="") as f:
+        csv.writer(f).writerows(keep)
+
+
+# ---------------------------------------------------------------------------
+# Evaluation and figures
+# ---------------------------------------------------------------------------
+
+TRAVERSAL_RANGE = 2.0  # Figs. 8-9: traversal range (-2, 2) (Fig. 3 uses 1.5, Fig. 5 1.2)
+
+
+@torch.no_grad()
+def encode_dataset(model, ds, indices, device, batch_size=512, discrete=True):
+    """Posterior parameters of every indexed image: mu, logvar (N, D), and the test-time
+    d(x) = argmax_k log p(x | mu, e_k) (N,) (None when `discrete` is False).
+
+    d(x) costs S decoder passes per image (the encoder alone infers nothing discrete):
+    on a CPU, evaluating all 737,280 dSprites images takes long; use --eval-samples.
+    """
+    model.eval()
+    mus, logvars, ds_ = [], [], []
+    # The S-fold decode makes a batch S times larger; keep the decoded block near batch_size.
+    chunk = max(1, batch_size // max(model.disc, 1)) if discrete and model.disc else batch_size
+    for i in range(0, len(indices), chunk):
+        x = ds.batch(indices[i:i + chunk]).to(device)    # (B, C, H, W)
+        mu, _, logvar = model.encode(x)
+        mus.append(mu.cpu())
+        logvars.append(logvar.cpu())
+        if discrete and model.disc:
+            ds_.append(model.infer_discrete(x, mu)[0].cpu())  # (B,)
+    mu = torch.cat(mus)                                   # (N, D)
+    logvar = torch.cat(logvars)                           # (N, D)
+    return mu, logvar, (torch.cat(ds_) if ds_ else None)  # d: (N,) or None
+
+
+def _try(metric_name, fn, reasons):
+    """Run one metric; a metric the data cannot support becomes null with its reason."""
+    try:
+        return fn()
+    except ValueError as err:
+        reasons[metric_name] = str(err)
+        return None
+
+
+@torch.no_grad()
+def evaluate(model, cfg, device, step, log_path=None):
+    """Encode the evaluation split (or a subset) and write metrics.json and the figures."""
+    out = cfg["out"]
+    os.makedirs(out, exist_ok=True)
+    ds = load_dataset(cfg, cfg["eval_split"])
+    g = torch.Generator().manual_seed(cfg["seed"] + 1)
+    n = len(ds) if cfg["eval_samples"] is None else min(cfg["eval_samples"], len(ds))
+    indices = torch.randperm(len(ds), generator=g)[:n] if n < len(ds) else torch.arange(len(ds))  # (N,)
+    t0 = time.perf_counter()
+    use_d = discrete_trained(cfg, step)
+    mu, logvar, d = encode_dataset(model, ds, indices, device, cfg["eval_batch_size"], discrete=use_d)
+    reasons = {}
+    res = dict(method="cascadevae", objective=objective_name(cfg), dataset=cfg["dataset"],
+               eval_split=cfg["eval_split"], n_eval=n, step=step)
+    kl_units = metrics.kl_per_unit(mu, logvar)                      # (D,) nats
+    res["kl_per_unit"] = [float(v) for v in kl_units]
+    res["kl_cont_total"] = float(np.sum(kl_units))
+    res["recon_eval"] = _eval_recon(model, ds, indices[:min(n, 2048)], device, cfg["eval_batch_size"], use_d)
+    if use_d:
+        counts = torch.bincount(d, minlength=model.disc)            # (S,)
+        res["discrete_counts"] = [int(c) for c in counts]
+        q = counts.double() / n
+        res["h_d_eval"] = float(-torch.special.xlogy(q, q).sum()) + 0.0  # I(x; d) = H(d), d a function of x
+    no_d_reason = ("no discrete variable (--no-discrete)" if cfg["no_discrete"] else
+                   f"the alternating step never ran (step {step} <= t_d {cfg['t_d']}): "
+                   "the model is CascadeVAE-C (sec. 6)")
+
+    labels = ds.labels[indices] if ds.labels is not None else None  # (N,)
+    if labels is not None and use_d:
+        res["accuracy_hungarian"] = metrics.cluster_accuracy(d, labels, mapping="hungarian")
+        res["accuracy_majority"] = metrics.cluster_accuracy(d, labels, mapping="majority")
+        conf = metrics.confusion_matrix(d, labels)
+        viz.save_matrix(conf, os.path.join(out, "confusion.png"), xlabel="true label",
+                        ylabel="d(x) = argmax_k log p(x|mu, e_k)", title="discrete code vs label (Tables 2-4)")
+    else:
+        for key in ("accuracy_hungarian", "accuracy_majority"):
+            res[key] = None
+            reasons[key] = "no labels" if labels is None else no_d_reason
+
+    if ds.factors is not None:
+        factors = ds.factors[indices]                                   # (N, K)
+        res["mig"] = _try("mig", lambda: metrics.mig(mu, factors, logvar=logvar, discrete_codes=d,
+                                                     seed=cfg["seed"])["mig"], reasons)
+        if len(ds.factor_names) == 5 and ds.factor_names[0] == "shape":
+            # Chen et al. Table 2 score dSprites on scale, rotation, posX, posY only.
+            res["mig_4factors"] = _try("mig_4factors", lambda: metrics.mig(
+                mu, factors, logvar=logvar, discrete_codes=d,
+                factor_subset=[1, 2, 3, 4], seed=cfg["seed"])["mig"], reasons)
+        res["factor_vae_score"] = _try("factor_vae_score", lambda: _factor_vae(
+            model, ds, mu, factors, d, kl_units, cfg, device, use_d), reasons)
+    else:
+        for key in ("mig", "factor_vae_score"):
+            res[key] = None
+            reasons[key] = "no ground-truth factors for this data set"
+    res["null_reasons"] = reasons
+    res["eval_seconds"] = round(time.perf_counter() - t0, 2)
+    # The discrete value most images are assigned to: the continuous traversals hold d there.
+    typical = int(torch.bincount(d).argmax()) if use_d else None
+    save_figures(model, cfg, ds, indices, kl_units, typical, device, use_d, log_path)
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(res, f, indent=2)
+    return res
+
+
+def _eval_recon(model, ds, indices, device, batch_size, use_d):
+    """Bernoulli NLL of x given (mu(x), e_{d(x)}) (or (mu, 0)), nats per image summed over pixels."""
+    total = 0.0
+    chunk = max(1, batch_size // max(model.disc, 1))
+    for i in range(0, len(indices), chunk):
+        x = ds.batch(indices[i:i + chunk]).to(device)    # (B, C, H, W)
+        mu, _, _ = model.encode(x)
+        d = model.infer_discrete(x, mu)[0] if use_d else None  # (B,)
+        logits = model.decode(model.latent(mu, d))
+        total += float(F.binary_cross_entropy_with_logits(logits, x, reduction="sum"))
+    return total / max(len(indices), 1)
+
+
+def _factor_vae(model, ds, mu, factors, d, kl_units, cfg, device, use_d):
+    """Kim & Mnih score in the form of supp. C: pruning (KL < 0.1), per-dim variance
+    normalisation over the evaluated codes, d(x) as dim m+1 with the mismatch variance.
+
+    On a full factor grid (shapes, dsprites) each vote's L = 100 images with one factor
+    fixed are drawn from the grid and encoded (the authors' sampler does the same), so
+    the score does not depend on --eval-samples beyond the normalising variances.
+    """
+    kw = dict(kl_per_dim=kl_units, n_votes=cfg["metric_votes"], seed=cfg["seed"])
+    if ds.factor_sizes is not None and len(ds) == int(np.prod(ds.factor_sizes)):
+        vote_factor, vote_idx = metrics.grid_votes(ds.factor_sizes, cfg["metric_votes"], 100, cfg["seed"])
+        m, l = vote_idx.shape                                             # (M, L)
+        v_mu, _, v_d = encode_dataset(model, ds, vote_idx.reshape(-1), device, cfg["eval_batch_size"], use_d)
+        kw["votes"] = dict(factor=vote_factor, codes=v_mu.reshape(m, l, -1))  # codes (M, L, D)
+        if v_d is not None:
+            kw["votes"]["discrete_codes"] = v_d.reshape(m, l)             # (M, L)
+    return metrics.factor_vae_score(mu, factors, discrete_codes=d, **kw)["score"]
+
+
+def save_figures(model, cfg, ds, indices, kl_units, typical, device, use_d, log_path=None):
+    """Reconstructions, samples per discrete value, traversals ranked by KL with the
+    discrete row last (Figs. 3, 6, 9, 10), the discrete traversal (Figs. 3 right, 7, 8b)
+    and I(x; z_j), I(x; d) during training (Figs. 5, 9, 11), with Lemma 1's bound."""
+    out = cfg["out"]
+    model.eval()
+    decode = lambda latent: torch.sigmoid(model.decode(latent.to(device))).cpu()  # noqa: E731
+    x = ds.batch(indices[:8]).to(device)                                            # (8, C, H, W)
+    mu, _, _ = model.encode(x)
+    d = model.infer_discrete(x, mu)[0] if use_d else None
+    recon = torch.sigmoid(model.decode(model.latent(mu, d))).cpu()
+    viz.save_image_grid(torch.cat([x.cpu(), recon]), os.path.join(out, "reconstructions.png"), nrow=8,
+                        row_labels=["data", "recon"], title="top: data, bottom: reconstruction from (mu, d(x))")
+    m, s = cfg["cont"], model.disc
+    n_cols = 10
+    values = torch.linspace(-TRAVERSAL_RANGE, TRAVERSAL_RANGE, n_cols)              # (cols,)
+    eye = torch.eye(s)                                                              # (S, S) e_1..e_S
+    base_d = eye[typical] if use_d else torch.zeros(s)                              # (S,)
+    g = torch.Generator().manual_seed(cfg["seed"])
+    if use_d:
+        # Each row fixes d = e_k; z ~ p(z) = N(0, I), the same z down each column.
+        z = torch.randn(n_cols, m, generator=g)                                     # (cols, D)
+        lat = torch.stack([torch.cat([z, eye[k].expand(n_cols, -1)], dim=1) for k in range(s)])  # (S, cols, D+S)
+        viz.save_traversal(decode, lat, os.path.join(out, "samples_per_discrete.png"),
+                           row_labels=[f"d={k}" for k in range(s)],
+                           title="samples, discrete value fixed per row")
+    # Rows: every continuous dim, ranked by KL (Figs. 5 right, 9 right), z_j in (-2, 2), other
+    # dims 0; last row: d cycling through e_1..e_S with period S at z = 0 (Fig. 10).
+    order = np.argsort(-np.asarray(kl_units))
+    rows, labels = [], []
+    for j in order:
+        z = torch.zeros(n_cols, m)                                                  # (cols, D)
+        z[:, j] = values
+        rows.append(torch.cat([z, base_d.expand(n_cols, -1)], dim=1))               # (cols, D+S)
+        labels.append(f"z{j}: {kl_units[j]:.2f} nats")
+    if use_d:
+        cyc = eye[torch.arange(n_cols) % s]                                         # (cols, S)
+        rows.append(torch.cat([torch.zeros(n_cols, m), cyc], dim=1))
+        labels.append(f"d: e_1..e_{s} (period {s})")
+    viz.save_traversal(decode, torch.stack(rows), os.path.join(out, "traversals.png"), row_labels=labels,
+                       title=f"traversals in (-{TRAVERSAL_RANGE:g}, {TRAVERSAL_RANGE:g}) ranked by KL; "
+                             "last row: discrete (Figs. 9, 10)")
+    if use_d:
+        # Figs. 3 right, 7, 8b: rows = discrete values, columns = the most informative unit traversed.
+        top = int(np.argmax(kl_units))
+        rows = []
+        for k in range(s):
+            z = torch.zeros(n_cols, m)
+            z[:, top] = values
+            rows.append(torch.cat([z, eye[k].expand(n_cols, -1)], dim=1))
+        viz.save_traversal(decode, torch.stack(rows), os.path.join(out, "traversal_discrete.png"),
+                           row_labels=[f"d={k}" for k in range(s)],
+                           title=f"discrete value per row x z{top} (most informative) traversed (Figs. 3, 7)")
+    if log_path and os.path.exists(log_path):
+        log = viz.read_log(log_path)
+        if len(log.get("step", [])) > 0:
+            viz.plot_curves({f"z{j}": log[f"kl_z{j}"] for j in range(m)},
+                            os.path.join(out, "kl_during_training.png"), x=log["step"],
+                            ylabel="KL (nats), batch mean", title="I(x; z_j) during training (Figs. 5, 9, 11)")
+            if s:
+                # I(x; d) = H(d) (d is a function of x and z), and Lemma 1 on each batch's q(d).
+                viz.plot_curves({"H(d) = I(x; d)": log["h_d"], "KL(q(d)||p(d))": log["kl_d"],
+                                 "Lemma 1 bound S E[1(d=d')] - 1": log["lemma1_bound"]},
+                                os.path.join(out, "discrete_during_training.png"), x=log["step"],
+                                ylabel="nats, batch", hlines={"log S": math.log(s)},
+                                title="discrete variable during training (Figs. 5, 9; Lemma 1)")
+            viz.plot_curves({"loss": log["loss"], "recon": log["recon"]}, os.path.join(out, "loss.png"),
+                            x=log["step"], ylabel="nats per image", title="training loss", logy=True)
+
+
+# ---------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------
+
+def run(cfg):
+    device = nets.to_device(cfg["device"])
+    print(json.dumps({k: v for k, v in cfg.items()}, indent=None))
+    if cfg["eval_only"]:
+        ckpt = _load_checkpoint(_checkpoint_path(cfg["checkpoint"]))
+        if not (isinstance(ckpt, dict) and "model" in ckpt and "config" in ckpt and "step" in ckpt):
+            raise ValueError(f"{cfg['checkpoint']} is not a cascadevae.py checkpoint (no model/config/step).")
+        # The architecture and the schedule that decides whether d was trained come from the run.
+        for key in ("cont", "disc", "no_discrete", "t_d", "no_cascade", "beta", "beta_h", "beta_l", "r",
+                    "schedule", "lam", "iterations"):
+            cfg[key] = ckpt["config"][key]
+        step = int(ckpt["step"])
+        print(f"latent sizes from the checkpoint: --cont {cfg['cont']} "
+              + ("--no-discrete" if cfg["no_discrete"] else f"--disc {cfg['disc']}") + f", step {step}")
+        ds_probe = load_dataset(cfg, cfg["eval_split"])
+        model = build_model(cfg, ds_probe.image_size)
+        model.load_state_dict(ckpt["model"])
+        os.makedirs(cfg["out"], exist_ok=True)
+        with open(os.path.join(cfg["out"], "config.json"), "w") as f:
+            json.dump(cfg, f, indent=2)
+        res = evaluate(model.to(device), cfg, device, step)
+    else:
+        model, step, cfg = train(cfg, device)
+        if cfg["no_eval"]:
+            return None
+        res = evaluate(model, cfg, device, step, log_path=os.path.join(cfg["out"], "log.csv"))
+    summary = {k: v for k, v in res.items() if k not in ("null_reasons",) and not isinstance(v, list)}
+    print(json.dumps(summary, indent=1))
+    return res
+
+
+def main(argv=None):
+    try:
+        cfg = make_config(argv)
+        return run(cfg)
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+        print(f"cascadevae.py: error: {err}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()
