@@ -45,6 +45,18 @@ def test_kl_categorical_uniform_matches_closed_form_and_bound(k):
     assert torch.allclose(jv.kl_categorical_uniform(torch.full((4, k), 1.0 / k)), torch.zeros(4), atol=1e-6)
 
 
+def test_kl_categorical_gradient_is_finite_when_softmax_underflows():
+    # eq. 7 with C_c = log K pushes alpha to one-hot; float32 softmax then returns exact
+    # zeros, where an exact x log x has an infinite derivative (the NaN this guards against).
+    logits = torch.tensor([[0.0, 120.0, -120.0], [3.0, 1.0, 0.0]], requires_grad=True)
+    probs = torch.softmax(logits, dim=-1)
+    assert (probs == 0).any()
+    kl = jv.kl_categorical_uniform(probs)
+    kl.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    assert kl[0].item() == pytest.approx(math.log(3), abs=1e-6)
+
+
 # --------------------------------------------------------------------------- capacity schedule
 
 
