@@ -76,7 +76,8 @@ def save_image_grid(images, path, nrow, row_labels=None, title=None, col_labels=
         for q, label in enumerate(col_labels):
             ax.text((q + 0.5) * w_img, -3, str(label), ha="center", va="bottom", fontsize=7)
     if title:
-        ax.set_title(title, fontsize=9)
+        # Column labels sit just above the images; lift the title clear of them.
+        ax.set_title(title, fontsize=9, pad=14 if col_labels else 6)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -174,6 +175,36 @@ def save_scatter_lines(x, ys, path, xlabel="", ylabel="", title=None, labels=Non
         ax.set_title(title, fontsize=9)
     if labels is not None:
         ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_line_grid(panels, path, row_labels=None, col_labels=None, series_labels=None, title=None):
+    """A grid of small line plots: panels[r][c] is a list of (x, y) series drawn in one axes.
+
+    Series i has the same colour in every panel and `series_labels[i]` in the legend
+    (e.g. the mean latent against a factor's value, one line per shape: Chen et al. Fig. S4).
+    """
+    plt = _pyplot()
+    n_rows, n_cols = len(panels), max(len(r) for r in panels)
+    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False,
+                             figsize=(1.5 * n_cols + 0.8, 1.3 * n_rows + 0.6))
+    for r, row in enumerate(panels):
+        for c, series in enumerate(row):
+            for i, (xs, ys) in enumerate(series):
+                axes[r, c].plot(np.asarray(xs), np.asarray(ys), linewidth=1.0, color=f"C{i % 10}",
+                                label=None if series_labels is None else series_labels[i])
+            axes[r, c].tick_params(labelsize=6)
+    for r, label in enumerate(row_labels or []):
+        axes[r, 0].set_ylabel(str(label), fontsize=8)
+    for c, label in enumerate(col_labels or []):
+        axes[0, c].set_title(str(label), fontsize=8)
+    if series_labels is not None:
+        axes[0, -1].legend(fontsize=6, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -43,3 +43,11 @@ def test_bad_shapes_raise():
         viz.tile(torch.zeros(3, 4, 4), nrow=2)
     with pytest.raises(ValueError, match="rows, columns, latent"):
         viz.save_traversal(lambda z: z, torch.zeros(3, 4), "x.png")
+
+
+def test_line_grid(tmp_path):
+    x = np.arange(5)
+    panels = [[[(x, x), (x, -x)], [(x, x ** 2), (x, x)]], [[(x, 0 * x), (x, x)], [(x, x), (x, x)]]]
+    viz.save_line_grid(panels, str(tmp_path / "l.png"), row_labels=["scale", "posX"], col_labels=["z0", "z1"],
+                       series_labels=["square", "ellipse"], title="t")
+    assert (tmp_path / "l.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,327 @@
+"""Reproduce the papers' tables with this repository's scripts.
+
+    python benchmarks/reproduce.py --protocol fashion-accuracy            # paper presets, 3 seeds
+    python benchmarks/reproduce.py --protocol dsprites-factorvae --quick  # CPU-sized variant
+    python benchmarks/reproduce.py --protocol all --quick --collect-only  # tables from finished runs
+    python benchmarks/reproduce.py --list
+
+A protocol is a set of arms (method script + flags) x seeds. Each run writes its usual
+folder under --runs-dir/<protocol>[-quick]/<arm>-s<seed>/ (config.json, log.csv,
+metrics.json, figures); a folder whose metrics.json already exists is reused, so an
+interrupted protocol continues where it stopped and long runs can be started by hand
+with the printed command. The collected numbers go to results/<protocol>[-quick].csv
+and results/<protocol>[-quick].md: metric, the paper's value with its table/figure,
+ours as mean +- std over seeds, the number of seeds, iterations, device and wall time
+per run. A cell with no finished run says "not run"; a paper value is never copied
+into our column.
+
+`--quick` protocols shorten training (and compress the schedules that are defined in
+iterations, proportionally) so that a 2-core CPU finishes them in minutes: they test
+the pipeline and show the trend; they are NOT the papers' protocols, and the tables
+say so. Quick settings: JointVAE 3000 (MNIST, Fashion) / 6000 (shapes) updates with
+C_z, C_c reaching their App. C maxima at half / all of the run; CascadeVAE 3000 / 6000
+updates with r = 250 / 400 and t_d = 0 / 2000 (the supp. B ratios r/T, t_d/T); beta-TCVAE
+and beta-VAE 2000 updates at batch 128 (the paper: 2048). Shapes runs evaluate on a
+random 50,000-image subset (the FactorVAE votes are still drawn from the full grid).
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Paper values: (value in %, std or None, source). Percent for accuracies and the
+# FactorVAE score, as the papers print them; MIG is a fraction in [0, 1].
+PROTOCOLS = {
+    "mnist-accuracy": dict(
+        doc="Unsupervised classification accuracy of the discrete code on MNIST (S = 10).",
+        data_note="Offline, only the MNIST test split (10,000 images) is available, so these runs "
+                  "train and evaluate on it (--train-split test); the papers train on the train split.",
+        arms={
+            "jointvae": dict(script="jointvae.py", args=["--dataset", "mnist", "--train-split", "test"],
+                             quick=["--iterations", "3000", "--c-cont", "0", "5", "1500", "--c-disc", "0", "5", "1500"]),
+            "cascadevae": dict(script="cascadevae.py", args=["--dataset", "mnist", "--train-split", "test"],
+                               quick=["--iterations", "3000", "--r", "250"]),
+        },
+        metrics={
+            "accuracy_hungarian": {
+                "jointvae": [(88.7, None, "Dupont 2018 sec. 4.3 (one model)"),
+                             (68.57, 9.19, "Jeong & Song 2019 Table 3, m=10")],
+                "cascadevae": [(81.41, 9.54, "Jeong & Song 2019 Table 3, m=10")],
+            },
+            "accuracy_majority": {},
+        },
+    ),
+    "fashion-accuracy": dict(
+        doc="Unsupervised classification accuracy of the discrete code on Fashion-MNIST (S = 10).",
+        data_note="Full Fashion-MNIST: train on the 60,000 train images, evaluate on the 10,000 test images.",
+        arms={
+            "jointvae": dict(script="jointvae.py", args=["--dataset", "fashion-mnist"],
+                             quick=["--iterations", "3000", "--c-cont", "0", "5", "1500", "--c-disc", "0", "10", "1500"]),
+            "cascadevae": dict(script="cascadevae.py", args=["--dataset", "fashion-mnist"],
+                               quick=["--iterations", "3000", "--r", "250"]),
+        },
+        metrics={
+            "accuracy_hungarian": {
+                "jointvae": [(50.99, 2.5, "Jeong & Song 2019 Table 4, m=10")],
+                "cascadevae": [(56.01, 3.33, "Jeong & Song 2019 Table 4, m=10")],
+            },
+            "accuracy_majority": {},
+        },
+    ),
+    "dsprites-factorvae": dict(
+        doc="FactorVAE disentanglement score (Jeong & Song supp. C) and shape accuracy on dSprites.",
+        data_note="Offline the official dSprites file is not available: runs use `shapes`, the procedural "
+                  "dSprites of data.py (same factor grid, our renderer). Pass --dataset dsprites with the "
+                  "official file for the paper's data.",
+        arms={
+            "jointvae": dict(script="jointvae.py", args=["--dataset", "shapes"],
+                             quick=["--iterations", "6000", "--c-cont", "0", "40", "6000",
+                                    "--c-disc", "0", "1.1", "6000", "--eval-samples", "50000"]),
+            "cascadevae": dict(script="cascadevae.py", args=["--dataset", "shapes"],
+                               quick=["--iterations", "6000", "--r", "400", "--t-d", "2000",
+                                      "--eval-samples", "50000"]),
+        },
+        metrics={
+            "factor_vae_score": {
+                "jointvae": [(74.51, 5.17, "Jeong & Song 2019 Table 1, m=6")],
+                "cascadevae": [(90.49, 5.28, "Jeong & Song 2019 Table 1, m=6, beta_l=1")],
+            },
+            "accuracy_hungarian": {
+                "jointvae": [(44.79, 3.88, "Jeong & Song 2019 Table 2 (shape), m=6")],
+                "cascadevae": [(78.84, 15.65, "Jeong & Song 2019 Table 2 (shape), m=6")],
+            },
+            "mig": {},
+        },
+    ),
+    "dsprites-mig": dict(
+        doc="MIG of beta-TCVAE (beta = 6) vs beta-VAE (beta = 4) on dSprites (Chen et al. Fig. 3).",
+        data_note="Offline runs use `shapes` (see dsprites-factorvae). Chen et al. report MIG over scale, "
+                  "rotation, posX, posY (their Table 2), shape treated as noise: our `mig_4factors`.",
+        arms={
+            "btcvae": dict(script="btcvae.py", args=["--dataset", "shapes", "--beta", "6"],
+                           quick=["--iterations", "2000", "--batch-size", "128", "--eval-samples", "50000"]),
+            "betavae": dict(script="btcvae.py", args=["--dataset", "shapes", "--beta-vae", "4"],
+                            quick=["--iterations", "2000", "--batch-size", "128", "--eval-samples", "50000"]),
+        },
+        metrics={
+            "mig_4factors": {
+                "btcvae": [(None, None, "Chen et al. 2018 Fig. 3 (box plot only; no number in the text)")],
+                "betavae": [(None, None, "Chen et al. 2018 Fig. 3 (box plot only; no number in the text)")],
+            },
+            "mig": {},
+            "factor_vae_score": {},
+        },
+    ),
+}
+
+PERCENT_METRICS = {"accuracy_hungarian", "accuracy_majority", "factor_vae_score"}
+
+
+def run_dir(runs_dir, protocol, quick, arm, seed):
+    return os.path.join(runs_dir, protocol + ("-quick" if quick else ""), f"{arm}-s{seed}")
+
+
+def command(spec, arm, seed, out, quick, data_dir, device, extra):
+    arm_spec = spec["arms"][arm]
+    args = [sys.executable, os.path.join(ROOT, arm_spec["script"])] + list(arm_spec["args"])
+    if quick:
+        if arm_spec["quick"] is None:
+            raise ValueError(f"arm {arm} has no --quick variant")
+        args += list(arm_spec["quick"])
+    args += ["--seed", str(seed), "--out", out, "--data-dir", data_dir, "--device", device, "--no-progress"]
+    return args + list(extra)
+
+
+def execute(cmd, out, threads):
+    """Run one training+evaluation; record wall time, device and command next to its outputs."""
+    os.makedirs(out, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    t0 = time.time()
+    with open(os.path.join(out, "stdout.log"), "w") as log:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    wall = time.time() - t0
+    with open(os.path.join(out, "reproduce.json"), "w") as f:
+        json.dump(dict(command=cmd, wall_seconds=round(wall, 1), returncode=proc.returncode, threads=threads,
+                       git_commit=_git_commit()), f, indent=2)
+    return proc.returncode, wall
+
+
+def _git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def read_run(out):
+    """Metrics, iterations, device and wall time of one finished run folder (or None)."""
+    path = os.path.join(out, "metrics.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        m = json.load(f)
+    cfg = {}
+    if os.path.isfile(os.path.join(out, "config.json")):
+        with open(os.path.join(out, "config.json")) as f:
+            cfg = json.load(f)
+    wall = None
+    if os.path.isfile(os.path.join(out, "reproduce.json")):
+        with open(os.path.join(out, "reproduce.json")) as f:
+            wall = json.load(f).get("wall_seconds")
+    if wall is None and os.path.isfile(os.path.join(out, "log.csv")):
+        # A run started by hand: training time from the log plus the evaluation time.
+        with open(os.path.join(out, "log.csv"), newline="") as f:
+            wall = sum(float(r["seconds"]) for r in csv.DictReader(f)) + float(m.get("eval_seconds") or 0.0)
+    m["_iterations"] = cfg.get("iterations_total", m.get("step"))
+    m["_device"] = m.get("device", cfg.get("device"))
+    if m["_device"] in (None, "auto") and os.path.isfile(os.path.join(out, "stdout.log")):
+        with open(os.path.join(out, "stdout.log")) as f:  # the scripts print "... device <name>"
+            words = f.read().split()
+        m["_device"] = next((w for a, w in zip(words, words[1:]) if a == "device"), m["_device"])
+    m["_wall"] = wall
+    return m
+
+
+def _fmt_ours(values, metric):
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "not run"
+    scale = 100.0 if metric in PERCENT_METRICS else 1.0
+    vals = [scale * v for v in vals]
+    mean = sum(vals) / len(vals)
+    digits = 2 if scale == 100.0 else 3
+    if len(vals) == 1:
+        return f"{mean:.{digits}f}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+    return f"{mean:.{digits}f} +- {std:.{digits}f}"
+
+
+def _fmt_paper(entries):
+    if not entries:
+        return "-"
+    parts = []
+    for value, std, source in entries:
+        if value is None:
+            parts.append(source)
+        else:
+            parts.append(f"{value}" + (f" ({std})" if std is not None else "") + f" [{source}]")
+    return "; ".join(parts)
+
+
+def collect(protocol, quick, seeds, runs_dir):
+    spec = PROTOCOLS[protocol]
+    rows = []
+    for arm in spec["arms"]:
+        runs = {s: read_run(run_dir(runs_dir, protocol, quick, arm, s)) for s in seeds}
+        done = [r for r in runs.values() if r is not None]
+        for metric, paper in spec["metrics"].items():
+            values = [r.get(metric) for r in done]
+            walls = [r["_wall"] for r in done if r.get("_wall")]
+            iters = sorted({r["_iterations"] for r in done if r.get("_iterations") is not None})
+            devices = sorted({str(r["_device"]) for r in done if r.get("_device")})
+            rows.append(dict(
+                protocol=protocol + (" (quick: NOT the paper protocol)" if quick else ""),
+                method=arm, metric=metric + (" (%)" if metric in PERCENT_METRICS else ""),
+                paper=_fmt_paper(paper.get(arm, [])),
+                ours=_fmt_ours(values, metric),
+                seeds=f"{sum(v is not None for v in values)}/{len(seeds)}",
+                iterations=",".join(str(i) for i in iters) or "-",
+                device=",".join(devices) or "-",
+                wall_per_run=(f"{sum(walls) / len(walls) / 60:.1f} min" if walls else "-"),
+            ))
+    return rows
+
+
+def write_tables(protocol, quick, rows, results_dir):
+    os.makedirs(results_dir, exist_ok=True)
+    stem = os.path.join(results_dir, protocol + ("-quick" if quick else ""))
+    cols = ["method", "metric", "paper", "ours", "seeds", "iterations", "device", "wall_per_run"]
+    with open(stem + ".csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["protocol"] + cols)
+        w.writeheader()
+        w.writerows(rows)
+    spec = PROTOCOLS[protocol]
+    lines = [f"### {protocol}{' --quick (NOT the paper protocol)' if quick else ''}", "",
+             spec["doc"] + " " + spec["data_note"], "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    with open(stem + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return stem + ".md"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Run a paper protocol with this repository's scripts and tabulate it.")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS) + ["all"])
+    p.add_argument("--quick", action="store_true", help="CPU-sized variant (NOT the paper protocol)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--arms", nargs="+", help="only these arms (default all)")
+    p.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--runs-dir", default=os.path.join(ROOT, "runs", "reproduce"))
+    p.add_argument("--results-dir", default=os.path.join(ROOT, "results"))
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (CPU: threads are split between them)")
+    p.add_argument("--collect-only", action="store_true", help="only tabulate finished runs")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--list", action="store_true", help="list the protocols")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: flags passed to every script")
+    args = p.parse_args(argv)
+    if args.list or not args.protocol:
+        for name, spec in PROTOCOLS.items():
+            print(f"{name:20s} {spec['doc']}  arms: {', '.join(spec['arms'])}")
+        return
+    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    protocols = sorted(PROTOCOLS) if args.protocol == "all" else [args.protocol]
+    for protocol in protocols:
+        spec = PROTOCOLS[protocol]
+        arms = [a for a in spec["arms"] if not args.arms or a in args.arms]
+        if not args.collect_only:
+            todo = []
+            for arm in arms:
+                if args.quick and spec["arms"][arm]["quick"] is None:
+                    print(f"{protocol}/{arm}: no --quick variant defined, skipped")
+                    continue
+                for seed in args.seeds:
+                    out = run_dir(args.runs_dir, protocol, args.quick, arm, seed)
+                    if os.path.isfile(os.path.join(out, "metrics.json")):
+                        print(f"done already: {out}")
+                        continue
+                    todo.append((command(spec, arm, seed, out, args.quick, args.data_dir, args.device, extra), out))
+            threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+            for cmd, out in todo:
+                print(" ".join(["python"] + [c.replace(ROOT + os.sep, "") for c in cmd[1:]]), flush=True)
+            if not args.dry_run:
+                _run_all(todo, args.jobs, threads)
+        rows = collect(protocol, args.quick, args.seeds, args.runs_dir)
+        path = write_tables(protocol, args.quick, rows, args.results_dir)
+        with open(path) as f:
+            print(f.read())
+
+
+def _run_all(todo, jobs, threads):
+    """Sequential, or `jobs` at a time; a failed run is reported and the others go on."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(item):
+        cmd, out = item
+        rc, wall = execute(cmd, out, threads)
+        status = "ok" if rc == 0 else f"FAILED (exit {rc}, see {out}/stdout.log)"
+        print(f"{status}: {out} in {wall / 60:.1f} min", flush=True)
+        return rc
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        codes = list(pool.map(one, todo))
+    if any(codes):
+        print(f"{sum(c != 0 for c in codes)} run(s) failed")
+
+
+if __name__ == "__main__":
+    main()
