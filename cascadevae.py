@@ -557,8 +557,10 @@ def seed_everything(seed):
 
 
 def _rng_state():
+    np_state = np.random.get_state()  # ("MT19937", keys, pos, has_gauss, cached_gaussian)
     state = dict(torch=torch.get_rng_state(), python=random.getstate(),
-                 numpy=torch.from_numpy(np.random.get_state()[1].astype(np.int64)))
+                 numpy=torch.from_numpy(np_state[1].astype(np.int64)),
+                 numpy_pos=int(np_state[2]), numpy_gauss=[int(np_state[3]), float(np_state[4])])
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -567,7 +569,8 @@ def _rng_state():
 def _set_rng_state(state):
     torch.set_rng_state(state["torch"])
     random.setstate(_as_tuple(state["python"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state.get("numpy_pos", 624),
+                         *state.get("numpy_gauss", [0, 0.0])))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

@@ -298,8 +298,9 @@ def main(argv=None):
             threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
             for cmd, out in todo:
                 print(" ".join(["python"] + [c.replace(ROOT + os.sep, "") for c in cmd[1:]]), flush=True)
-            if not args.dry_run:
-                _run_all(todo, args.jobs, threads)
+            if args.dry_run:
+                continue
+            _run_all(todo, args.jobs, threads)
         rows = collect(protocol, args.quick, args.seeds, args.runs_dir)
         path = write_tables(protocol, args.quick, rows, args.results_dir)
         with open(path) as f:
