@@ -128,7 +128,8 @@ def bench_jointvae(args, device, rows):
 
 def bench_cascadevae(args, device, rows, jointvae_pure, x):
     torch.manual_seed(0)
-    model = cascadevae.CascadeVAE(tuple(x.shape[1:]), 10, 10).to(device).train()
+    # Built as cascadevae.py builds it (channels-last convolutions on a CPU).
+    model = cascadevae.build_model(dict(cont=10, disc=10, no_discrete=False), tuple(x.shape[1:]), device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     betas = cascadevae.cascade_betas(50000, 10, 10.0, 1.0, 10000, 0).to(device)  # (D,)
     solve = []
