@@ -117,7 +117,7 @@ def plot_curves(rows, path, x=None, xlabel="iteration", ylabel="", title=None, l
         ax.plot(xs, values, label=str(name), linewidth=1.2, linestyle=styles[(i // 10) % len(styles)])
     for label, value in (hlines or {}).items():
         ax.axhline(value, linestyle="--", color="gray", linewidth=0.8)
-        ax.text(ax.get_xlim()[0], value, f" {label}", va="bottom", fontsize=7, color="gray")
+        ax.text(ax.get_xlim()[1], value, f"{label} ", ha="right", va="bottom", fontsize=7, color="gray")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logy:
@@ -125,7 +125,7 @@ def plot_curves(rows, path, x=None, xlabel="iteration", ylabel="", title=None, l
     if title:
         ax.set_title(title, fontsize=10)
     if len(rows) > 1:
-        ax.legend(fontsize=7, ncol=2 if len(rows) > 6 else 1, loc="best")
+        ax.legend(fontsize=7, ncol=2 if len(rows) > 6 else 1, loc="center right" if hlines else "best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
