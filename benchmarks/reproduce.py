@@ -220,13 +220,26 @@ def _fmt_paper(entries):
     return "; ".join(parts)
 
 
-def collect(protocol, quick, seeds, runs_dir):
+def collect(protocol, quick, seeds, runs_dir, arms=None, results_dir=None):
+    """One row per (arm, metric). With `arms`, the other arms' rows are kept from the
+    existing results/<protocol>[-quick].csv, so re-running one arm (or tabulating it
+    on another machine) does not turn the rest of a committed table into "not run"."""
     spec = PROTOCOLS[protocol]
+    kept = {}
+    if arms and results_dir:
+        old = os.path.join(results_dir, protocol + ("-quick" if quick else "") + ".csv")
+        if os.path.isfile(old):
+            with open(old, newline="") as f:
+                kept = {(r["method"], r["metric"]): r for r in csv.DictReader(f)}
     rows = []
     for arm in spec["arms"]:
         runs = {s: read_run(run_dir(runs_dir, protocol, quick, arm, s)) for s in seeds}
         done = [r for r in runs.values() if r is not None]
         for metric, paper in spec["metrics"].items():
+            key = (arm, metric + (" (%)" if metric in PERCENT_METRICS else ""))
+            if arms and arm not in arms and key in kept:
+                rows.append(kept[key])
+                continue
             values = [r.get(metric) for r in done]
             walls = [r["_wall"] for r in done if r.get("_wall")]
             iters = sorted({r["_iterations"] for r in done if r.get("_iterations") is not None})
@@ -305,7 +318,7 @@ def main(argv=None):
             if args.dry_run:
                 continue
             _run_all(todo, args.jobs, threads)
-        rows = collect(protocol, args.quick, args.seeds, args.runs_dir)
+        rows = collect(protocol, args.quick, args.seeds, args.runs_dir, args.arms, args.results_dir)
         path = write_tables(protocol, args.quick, rows, args.results_dir)
         with open(path) as f:
             print(f.read())
