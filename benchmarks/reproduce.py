@@ -23,8 +23,9 @@ unchanged for 15,000 updates (C_c reaches its log 10 clip at update ~11,500, as 
 paper): compressing them fails, because a C_c that reaches log K within a few hundred
 updates is met by a constant one-hot code (KL(q(c|x)||U) = log K for every x while
 I(x; c) = 0; we measured exactly chance accuracy that way). On shapes JointVAE runs 6000
-updates with C_z, C_c reaching their maxima at the end of the run; CascadeVAE 3000 / 6000
-updates with r = 250 / 400 and t_d = 0 / 2000 (the supp. B ratios r/T, t_d/T); beta-TCVAE
+updates with C_z, C_c reaching their maxima at the end of the run; CascadeVAE runs 15,000
+updates on MNIST (as JointVAE), 3000 on Fashion-MNIST and 6000 on shapes, with r = 1250 /
+250 / 400 and t_d = 0 / 0 / 2000 (supp. B's ratios r/T, t_d/T); beta-TCVAE
 and beta-VAE 2000 updates at batch 128 (the paper: 2048). Shapes runs evaluate on a
 random 50,000-image subset (the FactorVAE votes are still drawn from the full grid).
 """
@@ -51,7 +52,7 @@ PROTOCOLS = {
             "jointvae": dict(script="jointvae.py", args=["--dataset", "mnist", "--train-split", "test"],
                              quick=["--iterations", "15000"]),
             "cascadevae": dict(script="cascadevae.py", args=["--dataset", "mnist", "--train-split", "test"],
-                               quick=["--iterations", "3000", "--r", "250"]),
+                               quick=["--iterations", "15000", "--r", "1250"]),
         },
         metrics={
             "accuracy_hungarian": {
