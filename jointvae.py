@@ -52,7 +52,8 @@ NOTE: why C_c must rise slowly. KL(q(c|x)||Uniform(K)) = log K - H(q(c|x)) is a
     reach the log K clip after ~11,500 updates, by which time the encoder spreads images
     over categories; squeezing the ramp into a few hundred updates (C_c: 0 -> 10 in 1,500
     on Fashion-MNIST) gave a constant code and exactly chance accuracy in both seeds we
-    ran (benchmarks/reproduce.py). Dupont's Fig. 6 likewise drops runs that collapse.
+    ran (benchmarks/reproduce.py). This is not the collapse Dupont's Fig. 6 caption
+    removes as outliers (dSprites runs whose reconstructions collapsed to the mean image).
 """
 
 import argparse
