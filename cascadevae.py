@@ -87,7 +87,6 @@ import csv
 import json
 import math
 import os
-import random
 import sys
 import time
 
@@ -100,6 +99,7 @@ from torch import nn
 import data
 import metrics
 import nets
+import runs
 import viz
 
 # ---------------------------------------------------------------------------
@@ -163,7 +163,8 @@ DEFAULTS = dict(
     schedule="paper", lam=0.1, no_cascade=False, beta=None, lr=3e-4, batch_size=64,
     iterations=120000, seed=0, device="auto", out=None, log_every=100, save_every=5000,
     eval_samples=None, eval_batch_size=512, metric_votes=800, eval_only=False,
-    checkpoint=None, resume=None, no_eval=False, no_progress=False,
+    checkpoint=None, resume=None, no_eval=False, no_progress=False, net="jeong-song",
+    time_budget=None, overwrite=False, force_resume=False,
 )
 
 
@@ -205,35 +206,66 @@ def build_parser():
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint, no training")
     p.add_argument("--checkpoint", help="checkpoint (or run folder) to evaluate")
-    p.add_argument("--resume", help="checkpoint (or run folder) to continue training from")
+    p.add_argument("--resume", help="run folder (or its checkpoint.pt) to continue training in, exactly")
+    p.add_argument("--force-resume", action="store_true",
+                   help="with --resume: apply flags that change the model, data or objective (recorded in the log)")
+    p.add_argument("--overwrite", action="store_true", help="start a new run in an --out that holds one (deletes it)")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="stop after MINUTES with a checkpoint; continue with the same command and --resume")
+    p.add_argument("--net", choices=["jeong-song", "dupont"],
+                   help="32x32 encoder: supp. B Table 2 (32-32-64 channels, default) or Dupont's (32-64-64)")
     return p
 
 
-def make_config(argv=None):
-    """Merge DEFAULTS <- PRESETS[dataset] <- explicit flags (<- a resumed run's config)."""
-    explicit = vars(build_parser().parse_args(argv))
-    if "resume" in explicit:
-        resume_path = _checkpoint_path(explicit["resume"])
-        cfg = dict(_load_checkpoint(resume_path)["config"])
-        cfg.update(explicit)
-        cfg["resume"] = resume_path
-    else:
-        cfg = dict(DEFAULTS)
-        dataset = explicit.get("dataset", cfg["dataset"])
-        cfg.update(PRESETS[dataset])
-        cfg.update(explicit)
+def _normalize(cfg):
+    """Fill what the flags leave open (in place): splits, run folder, keys older runs lack."""
+    for key, value in DEFAULTS.items():
+        cfg.setdefault(key, value)
     source = DATA_SOURCES[cfg["dataset"]]
     cfg["train_split"] = cfg.get("train_split") or source["train_split"]
     cfg["eval_split"] = cfg.get("eval_split") or source["eval_split"]
     if cfg.get("out") is None:
         tag = "eval" if cfg["eval_only"] else f"s{cfg['seed']}"
         cfg["out"] = os.path.join("runs", f"cascadevae-{cfg['dataset']}-{tag}")
+    return cfg
+
+
+def make_config(argv=None):
+    """Merge DEFAULTS <- PRESETS[dataset] <- explicit flags; on --resume, the run's own
+    config <- the flags that only change how it goes on (runs.merge_resume)."""
+    explicit = vars(build_parser().parse_args(argv))
+    if "resume" in explicit:
+        resume_path = runs.checkpoint_path(explicit["resume"])
+        run_dir = runs.run_dir_of(explicit["resume"])
+        if "out" in explicit and os.path.abspath(explicit["out"]) != os.path.abspath(run_dir):
+            raise ValueError(f"--resume {explicit['resume']} continues in {run_dir}; --out {explicit['out']} "
+                             "names another folder (copy the run folder there first to branch it).")
+        ckpt = runs.load_checkpoint(resume_path, "cascadevae")
+        if "rng" not in ckpt:
+            raise runs.RunError(f"{resume_path} holds no RNG state, so it cannot be resumed exactly; "
+                                "evaluate it with --eval-only --checkpoint, or start a new run.")
+        stored = dict(ckpt["config"])
+        stored.setdefault("net", "dupont")  # runs from before --net used Dupont's 32x32 encoder
+        stored.pop("resume_changes", None)
+        cfg, changes = runs.merge_resume(stored, explicit, _normalize, force=explicit.get("force_resume", False))
+        cfg["resume"], cfg["out"], cfg["resume_changes"] = resume_path, run_dir, changes
+    else:
+        cfg = dict(DEFAULTS)
+        dataset = explicit.get("dataset", cfg["dataset"])
+        cfg.update(PRESETS[dataset])
+        cfg.update(explicit)
+        _normalize(cfg)
     validate_config(cfg)
     return cfg
 
 
 def validate_config(cfg):
     """One ValueError sentence per bad flag combination."""
+    runs.check_finite_flags(cfg, ("beta_h", "beta_l", "lam", "beta", "lr", "time_budget"))
+    if cfg["time_budget"] is not None and cfg["time_budget"] <= 0:
+        raise ValueError(f"--time-budget {cfg['time_budget']}: give the minutes a slice may run (> 0).")
+    if cfg["seed"] < 0:
+        raise ValueError(f"--seed {cfg['seed']}: seeds are integers >= 0.")
     if cfg["cont"] < 1:
         raise ValueError(f"--cont {cfg['cont']}: CascadeVAE needs at least one continuous unit (m >= 1).")
     if not cfg["no_discrete"] and cfg["disc"] < 2:
@@ -303,11 +335,15 @@ class CascadeVAE(nn.Module):
     `infer_discrete` at test time. disc = 0 builds CascadeVAE-C (decoder input z only).
     """
 
-    def __init__(self, image_size, cont, disc):
+    def __init__(self, image_size, cont, disc, net="jeong-song"):
         super().__init__()
         self.cont, self.disc = int(cont), int(disc)
+        # supp. B Table 2: on 32x32 images the encoder's convolutions have 32 -> 32 -> 64
+        # channels (Dupont's net, which jointvae.py keeps for the author's weights, has
+        # 32 -> 64 -> 64); on 64x64 (Table 1) the two nets are the same.
+        channels = nets.JEONG_SONG_CHANNELS if net == "jeong-song" else None
         # One head carries [mu (D) | pre-sigma (D)], like the authors' split of one output.
-        self.encoder = nets.Encoder(image_size, 2 * self.cont)
+        self.encoder = nets.Encoder(image_size, 2 * self.cont, channels=channels)
         self.decoder = nets.Decoder(image_size, self.cont + self.disc)
 
     def encode(self, x):
@@ -550,57 +586,6 @@ def alternating_step_terms(model, x, betas, lam, assign_discrete):
 # Training loop
 # ---------------------------------------------------------------------------
 
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
-
-def _rng_state():
-    np_state = np.random.get_state()  # ("MT19937", keys, pos, has_gauss, cached_gaussian)
-    state = dict(torch=torch.get_rng_state(), python=random.getstate(),
-                 numpy=torch.from_numpy(np_state[1].astype(np.int64)),
-                 numpy_pos=int(np_state[2]), numpy_gauss=[int(np_state[3]), float(np_state[4])])
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuple(state["python"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state.get("numpy_pos", 624),
-                         *state.get("numpy_gauss", [0, 0.0])))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(x):
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def _checkpoint_path(path):
-    return os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path
-
-
-def _load_checkpoint(path):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass a checkpoint.pt file or a run folder.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: say which, not a pickle trace
-        raise ValueError(f"could not read checkpoint {path} ({type(err).__name__}); "
-                         "it is not a PyTorch checkpoint or it is corrupt.") from None
-
-
-def save_checkpoint(path, model, optimizer, step, cfg):
-    """Atomic write: a crash mid-save leaves the previous checkpoint intact."""
-    tmp = path + ".tmp"
-    torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), step=step,
-                    config=cfg, rng=_rng_state()), tmp)
-    os.replace(tmp, path)
-
-
 def load_dataset(cfg, split):
     source = DATA_SOURCES[cfg["dataset"]]
     return data.load_dataset(source["name"], split=split, data_dir=cfg["data_dir"],
@@ -608,7 +593,7 @@ def load_dataset(cfg, split):
 
 
 def build_model(cfg, image_size, device=torch.device("cpu")):
-    model = CascadeVAE(image_size, cfg["cont"], 0 if cfg["no_discrete"] else cfg["disc"]).to(device)
+    model = CascadeVAE(image_size, cfg["cont"], 0 if cfg["no_discrete"] else cfg["disc"], cfg["net"]).to(device)
     if device.type == "cpu":
         # On a CPU, oneDNN's (transposed) convolutions run ~30 % faster on channels-last
         # (NHWC) weights, and u decodes B*S images every step (benchmarks/throughput.py:
@@ -621,11 +606,18 @@ def num_iterations(cfg, n_train):
     return int(cfg["iterations"])  # supp. B gives training length in iterations directly
 
 
+def schedule_t_d(cfg):
+    """The t_d the cascade schedule sees. CascadeVAE-C has no discrete step to pause for:
+    the authors' CascadeVAE-C relieves one more dim every r updates until all m are."""
+    return math.inf if cfg["no_discrete"] else cfg["t_d"]
+
+
 def betas_at(cfg, step):
     """beta_j at update `step`: the cascade, or one beta for every dim (--no-cascade)."""
     if cfg["no_cascade"]:
         return torch.full((cfg["cont"],), float(cfg["beta"]))  # (D,)
-    return cascade_betas(step, cfg["cont"], cfg["beta_h"], cfg["beta_l"], cfg["r"], cfg["t_d"], cfg["schedule"])
+    return cascade_betas(step, cfg["cont"], cfg["beta_h"], cfg["beta_l"], cfg["r"], schedule_t_d(cfg),
+                         cfg["schedule"])
 
 
 def discrete_trained(cfg, step):
@@ -638,31 +630,39 @@ def log_columns(cfg):
              "relieved", "solve_ms"] + [f"kl_z{j}" for j in range(cfg["cont"])] + ["seconds", "img_per_s"])
 
 
-def train(cfg, device):
-    """Algorithm 1 for the given number of updates; returns the model and the step."""
+def train(cfg, device, argv=()):
+    """Algorithm 1 for the given number of updates (or until --time-budget); returns the
+    model, the step reached, the run's config and whether training is finished."""
     out = cfg["out"]
-    os.makedirs(out, exist_ok=True)
+    resume = cfg.get("resume")
+    runs.check_out_dir(out, new_run=not resume, overwrite=cfg["overwrite"])
     ds = load_dataset(cfg, cfg["train_split"])
     if cfg["batch_size"] > len(ds):
         raise ValueError(f"--batch-size {cfg['batch_size']} exceeds the {len(ds)} training images.")
     total = num_iterations(cfg, len(ds))
-    seed_everything(cfg["seed"])
+    runs.seed_everything(cfg["seed"])
     model = build_model(cfg, ds.image_size, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    step = 0
+    step, window = 0, None
     ckpt_path = os.path.join(out, "checkpoint.pt")
     log_path = os.path.join(out, "log.csv")
-    if cfg.get("resume"):
-        ckpt = _load_checkpoint(cfg["resume"])
-        model.load_state_dict(ckpt["model"])
+    if resume:
+        ckpt = runs.load_checkpoint(resume, "cascadevae")
+        runs.load_state_dict(model, ckpt["model"], resume)
         optimizer.load_state_dict(ckpt["optimizer"])
-        step = int(ckpt["step"])
-        _set_rng_state(ckpt["rng"])
-        _truncate_log(log_path, step)
-        print(f"resumed from {cfg['resume']} at step {step}")
+        for group in optimizer.param_groups:
+            group["lr"] = cfg["lr"]                           # a changed --lr applies from here on
+        step, window = int(ckpt["step"]), ckpt.get("log_window")
+        runs.set_rng_state(ckpt["rng"])
+        runs.truncate_log(log_path, step)
+        for name in os.listdir(out):                          # the old evaluation is of an older step
+            if name == "metrics.json" or name.endswith(".png"):
+                os.remove(os.path.join(out, name))
+        print(f"resumed {out} at step {step}" + "".join(
+            f"; {k}: {o!r} -> {n!r}" for k, (o, n) in cfg["resume_changes"].items()))
+    os.makedirs(out, exist_ok=True)
     cfg = dict(cfg, iterations_total=total, objective=objective_name(cfg), train_size=len(ds))
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
+    runs.write_json(os.path.join(out, "config.json"), cfg)
     print(f"{cfg['objective']} on {cfg['dataset']} ({len(ds)} images {ds.image_size}), "
           f"{total} iterations, {nets.count_parameters(model)} parameters, device {device}")
     if not cfg["no_discrete"] and cfg["t_d"] >= total:
@@ -675,20 +675,29 @@ def train(cfg, device):
     writer = csv.writer(log_file)
     if new_log:
         writer.writerow(columns)
-    progress = _progress(total, step, cfg["no_progress"])
+    if resume and cfg["resume_changes"]:
+        writer.writerow([f"# resumed at step {step} with " + "; ".join(
+            f"{k}: {o!r} -> {n!r}" for k, (o, n) in cfg["resume_changes"].items())])
+    progress = runs.progress(total, step, cfg["no_progress"])
+    budget = runs.TimeBudget(cfg["time_budget"])
     stream = data.batches(ds, cfg["batch_size"], seed=cfg["seed"], start_step=step)
     model.train()
     beta_cache = {}  # the betas change every r steps: keep one device copy per value
-    sums, n_in_sums, solve_sum = None, 0, 0.0
+    # The log window (sums since the last row) survives a resume, so the row after it
+    # equals the uninterrupted run's row.
+    window = window or dict(sums=None, n=0, solve_sum=0.0, seconds=0.0)
+    sums = None if window["sums"] is None else window["sums"].to(device)
+    n_in_sums, solve_sum, seconds_before = window["n"], window["solve_sum"], window["seconds"]
     finite = torch.ones((), dtype=torch.bool, device=device)
-    t_last = time.perf_counter()
+    t_last = t_start = time.perf_counter()
+    eta_shown, start_step, stopped = False, step, False
     try:
         while step < total:
             _, x = next(stream)                               # (B, C, H, W) in [0, 1]
             x = x.to(device, non_blocking=True)
             step += 1                                         # the t-th update of Algorithm 1
             n_relieved = -1 if cfg["no_cascade"] else relieved_dims(
-                step, cfg["cont"], cfg["r"], cfg["t_d"], cfg["schedule"])
+                step, cfg["cont"], cfg["r"], schedule_t_d(cfg), cfg["schedule"])
             if n_relieved not in beta_cache:
                 beta_cache[n_relieved] = betas_at(cfg, step).to(device)  # (D,)
             terms = alternating_step_terms(model, x, beta_cache[n_relieved], cfg["lam"],
@@ -709,53 +718,42 @@ def train(cfg, device):
                 if not bool(finite):
                     raise FloatingPointError(step)
                 now = time.perf_counter()
+                seconds = seconds_before + now - t_last
                 values = (sums / n_in_sums).tolist()
                 n_shown = cfg["cont"] if n_relieved < 0 else n_relieved
                 values = values[:8] + [n_shown, 1000.0 * solve_sum / n_in_sums] + values[8:]
                 writer.writerow([step] + [f"{v:.6g}" for v in values]
-                                + [f"{now - t_last:.3f}", f"{n_in_sums * x.shape[0] / (now - t_last):.1f}"])
+                                + [f"{seconds:.3f}", f"{n_in_sums * x.shape[0] / seconds:.1f}"])
                 log_file.flush()
                 progress.set_postfix(loss=f"{values[0]:.1f}", recon=f"{values[1]:.1f}",
                                      kl=f"{values[2]:.2f}", h_d=f"{values[5]:.2f}", refresh=False)
-                sums, n_in_sums, solve_sum, t_last = None, 0, 0.0, now
+                sums, n_in_sums, solve_sum, seconds_before, t_last = None, 0, 0.0, 0.0, now
+                if not eta_shown:
+                    print(runs.eta_line(step, total, (now - t_start) / (step - start_step)), flush=True)
+                    eta_shown = True
             progress.update(1)
-            if step % cfg["save_every"] == 0 or step == total:
+            stopped = step < total and budget.expired()
+            if step % cfg["save_every"] == 0 or step == total or stopped:
                 if not bool(finite):
                     raise FloatingPointError(step)
-                save_checkpoint(ckpt_path, model, optimizer, step, cfg)
+                now = time.perf_counter()
+                runs.save_checkpoint(ckpt_path, model, optimizer, step, cfg, "cascadevae", log_window=dict(
+                    sums=None if sums is None else sums.cpu(), n=n_in_sums, solve_sum=solve_sum,
+                    seconds=seconds_before + now - t_last))
+            if stopped:
+                break
     except FloatingPointError:
-        raise FloatingPointError(
-            f"the loss became NaN or infinite by step {step}; the last good checkpoint is kept "
-            f"in {out} — lower --lr, or check the input data.") from None
+        kept = (f"the last good checkpoint is kept in {ckpt_path}" if os.path.exists(ckpt_path)
+                else f"no checkpoint was saved yet (the first is at step {cfg['save_every']})")
+        raise FloatingPointError(f"the loss became NaN or infinite by step {step}; {kept} — lower --lr, "
+                                 "or check the input data.") from None
     finally:
         progress.close()
         log_file.close()
-    return model, step, cfg
-
-
-def _progress(total, initial, disable):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is in requirements.txt; degrade quietly if absent
-        disable = True
-    if disable:
-        class _Null:
-            def update(self, n): pass
-            def set_postfix(self, **kw): pass
-            def close(self): pass
-        return _Null()
-    return tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, smoothing=0.05)
-
-
-def _truncate_log(log_path, step):
-    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
-    if not os.path.exists(log_path):
-        return
-    with open(log_path, newline="") as f:
-        rows = list(csv.reader(f))
-    keep = rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) <= step]
-    with open(log_path, "w", newline="") as f:
-        csv.writer(f).writerows(keep)
+    if stopped:
+        print(f"time budget of {cfg['time_budget']:g} min reached at step {step} of {total}; checkpoint saved. "
+              f"Continue with: {runs.resume_command('cascadevae.py', argv, out)}", flush=True)
+    return model, step, cfg, not stopped
 
 
 # ---------------------------------------------------------------------------
@@ -858,8 +856,7 @@ def evaluate(model, cfg, device, step, log_path=None):
     # The discrete value most images are assigned to: the continuous traversals hold d there.
     typical = int(torch.bincount(d).argmax()) if use_d else None
     save_figures(model, cfg, ds, indices, kl_units, typical, device, use_d, log_path)
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(res, f, indent=2)
+    runs.write_json(os.path.join(out, "metrics.json"), res)
     return res
 
 
@@ -969,30 +966,31 @@ def save_figures(model, cfg, ds, indices, kl_units, typical, device, use_d, log_
 # main
 # ---------------------------------------------------------------------------
 
-def run(cfg):
+def run(cfg, argv=()):
     device = nets.to_device(cfg["device"])
-    print(json.dumps({k: v for k, v in cfg.items()}, indent=None))
+    print("config:\n" + runs.format_config(cfg))
     if cfg["eval_only"]:
-        ckpt = _load_checkpoint(_checkpoint_path(cfg["checkpoint"]))
-        if not (isinstance(ckpt, dict) and "model" in ckpt and "config" in ckpt and "step" in ckpt):
-            raise ValueError(f"{cfg['checkpoint']} is not a cascadevae.py checkpoint (no model/config/step).")
+        path = runs.checkpoint_path(cfg["checkpoint"])
+        ckpt = runs.load_checkpoint(path, "cascadevae")
         # The architecture and the schedule that decides whether d was trained come from the run.
+        stored = dict(ckpt["config"])
+        stored.setdefault("net", "dupont")  # runs from before --net used Dupont's 32x32 encoder
         for key in ("cont", "disc", "no_discrete", "t_d", "no_cascade", "beta", "beta_h", "beta_l", "r",
-                    "schedule", "lam", "iterations"):
-            cfg[key] = ckpt["config"][key]
+                    "schedule", "lam", "iterations", "net"):
+            cfg[key] = stored[key]
         step = int(ckpt["step"])
         print(f"latent sizes from the checkpoint: --cont {cfg['cont']} "
               + ("--no-discrete" if cfg["no_discrete"] else f"--disc {cfg['disc']}") + f", step {step}")
+        runs.check_out_dir(cfg["out"], new_run=True, overwrite=cfg["overwrite"])
         ds_probe = load_dataset(cfg, cfg["eval_split"])
         model = build_model(cfg, ds_probe.image_size, device)
-        model.load_state_dict(ckpt["model"])
+        runs.load_state_dict(model, ckpt["model"], path)
         os.makedirs(cfg["out"], exist_ok=True)
-        with open(os.path.join(cfg["out"], "config.json"), "w") as f:
-            json.dump(cfg, f, indent=2)
+        runs.write_json(os.path.join(cfg["out"], "eval_config.json"), cfg)
         res = evaluate(model.to(device), cfg, device, step)
     else:
-        model, step, cfg = train(cfg, device)
-        if cfg["no_eval"]:
+        model, step, cfg, finished = train(cfg, device, argv)
+        if cfg["no_eval"] or not finished:
             return None
         res = evaluate(model, cfg, device, step, log_path=os.path.join(cfg["out"], "log.csv"))
     summary = {k: v for k, v in res.items() if k not in ("null_reasons",) and not isinstance(v, list)}
@@ -1001,10 +999,11 @@ def run(cfg):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         cfg = make_config(argv)
-        return run(cfg)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+        return run(cfg, argv)
+    except (ValueError, OSError, FloatingPointError, runs.RunError) as err:
         print(f"cascadevae.py: error: {err}", file=sys.stderr)
         raise SystemExit(2)
 

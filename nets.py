@@ -57,21 +57,31 @@ def check_image_size(image_size):
     return size
 
 
-class Encoder(nn.Module):
-    """x (B, C, H, W) in [0, 1] -> raw parameter vector (B, out_dim)."""
+# Output channels of the encoder's 4x4/2 convolutions, by input height. Dupont's App. B
+# and his released code: 32 -> 64 -> 64 on 32x32; Jeong & Song supp. B Table 2 prints
+# 32 -> 32 -> 64 for their 32x32 net. Both end in 64 channels at 4x4, so the linear
+# layers are the same. On 64x64 both papers use 32 -> 32 -> 64 -> 64.
+DUPONT_CHANNELS = {32: (32, 64, 64), 64: (32, 32, 64, 64)}
+JEONG_SONG_CHANNELS = {32: (32, 32, 64), 64: (32, 32, 64, 64)}
 
-    def __init__(self, image_size, out_dim, hidden_dim=HIDDEN_DIM):
+
+class Encoder(nn.Module):
+    """x (B, C, H, W) in [0, 1] -> raw parameter vector (B, out_dim).
+
+    `channels` maps the input height to the convolutions' output channels (default
+    DUPONT_CHANNELS); the last must be 64, which the 64*4*4 linear layer reads.
+    """
+
+    def __init__(self, image_size, out_dim, hidden_dim=HIDDEN_DIM, channels=None):
         super().__init__()
         self.image_size = check_image_size(image_size)
         c, h, _ = self.image_size
-        layers = [nn.Conv2d(c, 32, 4, stride=2, padding=1), nn.ReLU()]
-        if h == 64:
-            # The extra 32 -> 32 step brings 64x64 inputs to the same 4x4 map.
-            layers += [nn.Conv2d(32, 32, 4, stride=2, padding=1), nn.ReLU()]
-        layers += [
-            nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(64, 64, 4, stride=2, padding=1), nn.ReLU(),
-        ]
+        widths = (channels or DUPONT_CHANNELS)[h]
+        layers, c_in = [], c
+        # The extra step at 64x64 brings 64x64 inputs to the same 4x4 map.
+        for c_out in widths:
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
+            c_in = c_out
         self.features = nn.Sequential(*layers)
         self.to_hidden = nn.Sequential(nn.Linear(64 * 4 * 4, hidden_dim), nn.ReLU())
         self.head = nn.Linear(hidden_dim, out_dim)

@@ -133,28 +133,45 @@ def run_dir(runs_dir, protocol, quick, arm, seed):
     return os.path.join(runs_dir, protocol + ("-quick" if quick else ""), f"{arm}-s{seed}")
 
 
-def command(spec, arm, seed, out, quick, data_dir, device, extra):
+def command(spec, arm, seed, out, quick, data_dir, device, extra, time_budget=None):
+    """The script's command line for one run. A folder that holds an unfinished run
+    (a checkpoint, no metrics.json) is continued exactly with --resume, the same flags."""
     arm_spec = spec["arms"][arm]
     args = [sys.executable, os.path.join(ROOT, arm_spec["script"])] + list(arm_spec["args"])
     if quick:
         if arm_spec["quick"] is None:
             raise ValueError(f"arm {arm} has no --quick variant")
         args += list(arm_spec["quick"])
-    args += ["--seed", str(seed), "--out", out, "--data-dir", data_dir, "--device", device, "--no-progress"]
+    args += ["--seed", str(seed), "--data-dir", data_dir, "--device", device, "--no-progress"]
+    if os.path.isfile(os.path.join(out, "checkpoint.pt")):
+        args += ["--resume", out]
+    elif os.path.isdir(out):
+        args += ["--out", out, "--overwrite"]  # a failed start left no checkpoint: nothing to keep
+    else:
+        args += ["--out", out]
+    if time_budget is not None:
+        args += ["--time-budget", f"{time_budget:g}"]
     return args + list(extra)
 
 
 def execute(cmd, out, threads):
-    """Run one training+evaluation; record wall time, device and command next to its outputs."""
+    """Run one training+evaluation (or one slice of it); record wall time, device and
+    command next to its outputs. Slices of one run add up in reproduce.json."""
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     t0 = time.time()
-    with open(os.path.join(out, "stdout.log"), "w") as log:
+    with open(os.path.join(out, "stdout.log"), "a") as log:
         proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     wall = time.time() - t0
-    with open(os.path.join(out, "reproduce.json"), "w") as f:
-        json.dump(dict(command=cmd, wall_seconds=round(wall, 1), returncode=proc.returncode, threads=threads,
-                       git_commit=_git_commit()), f, indent=2)
+    path = os.path.join(out, "reproduce.json")
+    slices = []
+    if os.path.isfile(path) and "--resume" in cmd:
+        with open(path) as f:
+            slices = json.load(f).get("slices", [])
+    slices.append(dict(wall_seconds=round(wall, 1), returncode=proc.returncode, git_commit=_git_commit()))
+    with open(path, "w") as f:
+        json.dump(dict(command=cmd, wall_seconds=round(sum(x["wall_seconds"] for x in slices), 1),
+                       returncode=proc.returncode, threads=threads, slices=slices), f, indent=2)
     return proc.returncode, wall
 
 
@@ -287,6 +304,9 @@ def main(argv=None):
     p.add_argument("--runs-dir", default=os.path.join(ROOT, "runs", "reproduce"))
     p.add_argument("--results-dir", default=os.path.join(ROOT, "results"))
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (CPU: threads are split between them)")
+    p.add_argument("--threads", type=int, help="threads per run (default: the CPU's cores / --jobs)")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="each run stops after MINUTES with a checkpoint; the same command continues it exactly")
     p.add_argument("--collect-only", action="store_true", help="only tabulate finished runs")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--list", action="store_true", help="list the protocols")
@@ -312,8 +332,9 @@ def main(argv=None):
                     if os.path.isfile(os.path.join(out, "metrics.json")):
                         print(f"done already: {out}")
                         continue
-                    todo.append((command(spec, arm, seed, out, args.quick, args.data_dir, args.device, extra), out))
-            threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+                    todo.append((command(spec, arm, seed, out, args.quick, args.data_dir, args.device, extra,
+                                         args.time_budget), out))
+            threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
             for cmd, out in todo:
                 print(" ".join(["python"] + [c.replace(ROOT + os.sep, "") for c in cmd[1:]]), flush=True)
             if args.dry_run:
@@ -332,7 +353,9 @@ def _run_all(todo, jobs, threads):
     def one(item):
         cmd, out = item
         rc, wall = execute(cmd, out, threads)
-        status = "ok" if rc == 0 else f"FAILED (exit {rc}, see {out}/stdout.log)"
+        paused = rc == 0 and not os.path.isfile(os.path.join(out, "metrics.json"))
+        status = ("paused at its time budget (run the same command to continue)" if paused else
+                  "ok" if rc == 0 else f"FAILED (exit {rc}, see {out}/stdout.log)")
         print(f"{status}: {out} in {wall / 60:.1f} min", flush=True)
         return rc
 

@@ -1,0 +1,327 @@
+"""Run folders: seeding, checkpoints with RNG state, exact resume, time budgets.
+
+Plumbing shared by jointvae.py, btcvae.py and cascadevae.py that touches no equation of
+the papers. A run folder holds config.json, log.csv, checkpoint.pt (model, optimiser,
+step, config, every RNG state and the unfinished log window), metrics.json and figures.
+
+The rules a user can rely on:
+  * the folder you name is the folder that is written: `--resume DIR` reads and writes
+    DIR, never the folder stored in the checkpoint;
+  * a new run never lands in a folder that holds a run, unless `--overwrite` (which
+    first removes the old run's files, so nothing stale stays beside the new one);
+  * on `--resume`, flags that only change how the run goes on are applied, a new
+    learning rate is applied and recorded, and a flag that changes the model, the data or
+    the objective is refused (or, with `--force-resume`, applied and recorded);
+  * every write of a checkpoint, config or log rewrite is atomic (temp file +
+    os.replace): a crash or a full disk leaves the previous file intact.
+"""
+
+import csv
+import io
+import json
+import math
+import os
+import random
+import shlex
+import time
+
+import numpy as np
+import torch
+
+# Files that make a folder "a run": a new run refuses to start beside them.
+RUN_FILES = ("checkpoint.pt", "log.csv", "metrics.json", "config.json")
+# Files a run writes that --overwrite removes with them (figures are *.png).
+STALE_FILES = RUN_FILES + ("checkpoint.pt.tmp", "stdout.log", "reproduce.json")
+
+# Flags that change only how a resumed run goes on (length, logging, hardware, evaluation):
+# applied on --resume. Every other key changes the model, the data or the objective.
+CONTINUE_KEYS = frozenset({
+    "iterations", "epochs", "log_every", "save_every", "no_progress", "device", "eval_samples",
+    "eval_batch_size", "metric_votes", "no_eval", "time_budget", "data_dir", "download",
+    "eval_split", "out", "resume", "checkpoint", "overwrite", "force_resume", "eval_only",
+    "decomposition_samples", "pretrained",
+})
+
+
+# Flags that hold for one invocation only: a resume does not inherit them from the run.
+PER_INVOCATION = frozenset({"time_budget", "overwrite", "force_resume", "resume", "checkpoint", "eval_only"})
+
+
+class RunError(RuntimeError):
+    """A problem with a run folder or checkpoint, said in one sentence."""
+
+
+# ---------------------------------------------------------------------------
+# Seeds and RNG state
+# ---------------------------------------------------------------------------
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def rng_state():
+    np_state = np.random.get_state()  # ("MT19937", keys, pos, has_gauss, cached_gaussian)
+    state = dict(torch=torch.get_rng_state(), python=random.getstate(),
+                 numpy=torch.from_numpy(np_state[1].astype(np.int64)),
+                 numpy_pos=int(np_state[2]), numpy_gauss=[int(np_state[3]), float(np_state[4])])
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state.get("numpy_pos", 624),
+                         *state.get("numpy_gauss", [0, 0.0])))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------
+
+def checkpoint_path(path):
+    return os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path
+
+
+def run_dir_of(path):
+    """The run folder of a `--resume` argument: the folder itself, or a checkpoint's folder."""
+    return path if os.path.isdir(path) else (os.path.dirname(path) or ".")
+
+
+def load_checkpoint(path, method=None):
+    """torch.load(weights_only=True) of a checkpoint file; with `method`, check it is one of
+    that script's training checkpoints. Raises one-sentence FileNotFoundError / RunError."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass a checkpoint.pt file or a run folder.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say which, not a pickle trace
+        raise RunError(f"could not read checkpoint {path} ({type(err).__name__}); "
+                       "it is not a PyTorch checkpoint or it is corrupt.") from None
+    if method is not None:
+        check_training_checkpoint(ckpt, path, method)
+    return ckpt
+
+
+def check_training_checkpoint(ckpt, path, method):
+    if not (isinstance(ckpt, dict) and {"model", "config", "step"} <= set(ckpt)):
+        raise RunError(f"{path} is not a {method}.py training checkpoint (it has no model/config/step).")
+    stored = ckpt.get("method") or _method_from_config(ckpt["config"])
+    if stored is not None and stored != method:
+        raise RunError(f"{path} was written by {stored}.py, not {method}.py; "
+                       f"use python {stored}.py with it.")
+
+
+def _method_from_config(cfg):
+    """Checkpoints written before the `method` key: tell the scripts apart by their keys."""
+    if not isinstance(cfg, dict):
+        return None
+    if "c_cont" in cfg:
+        return "jointvae"
+    if "beta_h" in cfg:
+        return "cascadevae"
+    if "estimator" in cfg:
+        return "btcvae"
+    return None
+
+
+def save_checkpoint(path, model, optimizer, step, cfg, method, log_window=None):
+    """Atomic write: a crash or a full disk mid-save leaves the previous checkpoint intact
+    and no .tmp behind."""
+    state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), step=int(step),
+                 config=cfg, rng=rng_state(), method=method, log_window=log_window)
+    _atomic_write(path, lambda f: torch.save(state, f), binary=True)
+
+
+def load_state_dict(model, state, path):
+    """model.load_state_dict with a one-sentence error for a net of another shape."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = next((ln.strip() for ln in first[1:] if ln.strip()), first[0] if first else "")
+        raise RunError(f"the weights in {path} do not fit this model ({detail[:160]}); "
+                       "pass the same --dataset and latent sizes the run was trained with.") from None
+
+
+# ---------------------------------------------------------------------------
+# Atomic files
+# ---------------------------------------------------------------------------
+
+def _atomic_write(path, write, binary=False):
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb" if binary else "w", newline=None if binary else "") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise RunError(f"could not write {path} ({err.strerror or err}); the previous file is kept — "
+                       "free some disk space or choose another --out.") from None
+
+
+def write_json(path, obj):
+    _atomic_write(path, lambda f: json.dump(obj, f, indent=2))
+
+
+def truncate_log(log_path, step):
+    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
+    if not os.path.exists(log_path):
+        return
+    with open(log_path, newline="") as f:
+        rows = list(csv.reader(f))
+    keep = rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) <= step]
+    buf = io.StringIO()
+    csv.writer(buf).writerows(keep)
+    _atomic_write(log_path, lambda f: f.write(buf.getvalue()))
+
+
+# ---------------------------------------------------------------------------
+# Run folders and configs
+# ---------------------------------------------------------------------------
+
+def check_out_dir(out, new_run, overwrite=False):
+    """Before anything is written: the folder can be used, and a new run never lands on an
+    old one (unless --overwrite, which removes the old run's files first)."""
+    probe = os.path.abspath(out)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        where = "is a file" if probe == os.path.abspath(out) else f"is inside {probe}, which is a file"
+        raise RunError(f"--out {out} {where}; choose a folder path.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunError(f"--out {out}: {probe} is not writable; choose a folder you can write to.")
+    if not new_run or not os.path.isdir(out):
+        return
+    found = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
+    if found and not overwrite:
+        raise RunError(f"{out} already holds a run ({', '.join(found)}); continue it with --resume {out}, "
+                       "or start afresh there with --overwrite (which deletes that run).")
+    if found or overwrite:
+        for name in os.listdir(out):
+            if name in STALE_FILES or name.endswith(".png"):
+                os.remove(os.path.join(out, name))
+
+
+def merge_resume(stored, explicit, normalize, force=False, log=print):
+    """The config of a resumed run: the stored config, with the explicit flags that only
+    change how the run goes on applied. `normalize(cfg)` brings a config to canonical form
+    (the same function that builds a new run's config). Returns (cfg, changes): changes maps
+    each applied key that changes the model, data or objective (only with force) and `lr`
+    to (old, new)."""
+    cfg = {k: v for k, v in stored.items() if k not in PER_INVOCATION}
+    cfg.update(explicit)
+    normalize(cfg)
+    base = dict(stored)
+    normalize(base)
+    changed = {k: (base.get(k), cfg[k]) for k in cfg
+               if k not in CONTINUE_KEYS and k in explicit and _differs(base.get(k), cfg[k])}
+    lr_change = changed.pop("lr", None)
+    if changed and not force:
+        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
+        raise RunError(f"--resume would change what the run trains ({listed}); resume with the run's own "
+                       "settings, start a new run in another --out, or pass --force-resume to apply the changes.")
+    if changed:
+        log("force-resume: applying " + "; ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in sorted(changed.items())))
+    if lr_change:
+        changed["lr"] = lr_change
+    return cfg, changed
+
+
+def _differs(a, b):
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) != float(b)
+    return a != b
+
+
+def resume_command(prog, argv, out):
+    """The command that continues this run: the same flags with --resume OUT."""
+    keep, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--resume", "--out"):
+            skip = True
+            continue
+        if a.startswith(("--resume=", "--out=")) or a in ("--overwrite", "--force-resume"):
+            continue
+        keep.append(a)
+    return " ".join(["python", prog] + [shlex.quote(a) for a in keep] + ["--resume", shlex.quote(out)])
+
+
+def format_config(cfg):
+    """The merged config as an aligned block, one key per line."""
+    width = max(len(k) for k in cfg)
+    return "\n".join(f"  {k:<{width}}  {json.dumps(v) if not isinstance(v, str) else v}" for k, v in cfg.items())
+
+
+def check_finite_flags(cfg, keys):
+    """Reject NaN / infinite values of float flags before anything runs."""
+    for k in keys:
+        v = cfg.get(k)
+        vals = v if isinstance(v, (list, tuple)) else [v]
+        if any(isinstance(x, float) and not math.isfinite(x) for x in vals):
+            raise ValueError(f"--{k.replace('_', '-')} {v}: every value must be a finite number.")
+
+
+# ---------------------------------------------------------------------------
+# Time budget and progress
+# ---------------------------------------------------------------------------
+
+class TimeBudget:
+    """`--time-budget MINUTES`: the loop asks `expired()` after each update (no sync)."""
+
+    def __init__(self, minutes):
+        self.seconds = None if minutes is None else 60.0 * float(minutes)
+        self.start = time.monotonic()
+
+    def expired(self):
+        return self.seconds is not None and time.monotonic() - self.start >= self.seconds
+
+
+def eta_line(step, total, seconds_per_update):
+    left = max(total - step, 0) * seconds_per_update
+    return (f"{total} updates in all; {seconds_per_update * 1000:.1f} ms per update so far: "
+            f"about {_fmt_duration(left)} left for the remaining {total - step}")
+
+
+def _fmt_duration(seconds):
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def progress(total, initial, disable):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is in requirements.txt; degrade quietly if absent
+        disable = True
+    if disable:
+        class _Null:
+            def update(self, n): pass
+            def set_postfix(self, **kw): pass
+            def close(self): pass
+        return _Null()
+    return tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, smoothing=0.05)
