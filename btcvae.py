@@ -96,11 +96,9 @@ NOTE: with `--eval-samples n` the full-data decomposition runs over that random 
 """
 
 import argparse
-import csv
 import json
 import math
 import os
-import random
 import sys
 import time
 
@@ -112,6 +110,7 @@ from torch import nn
 import data
 import metrics
 import nets
+import runs
 import viz
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -185,7 +184,7 @@ DEFAULTS = dict(
     lr=1e-3, batch_size=2048, epochs=50, iterations=None, seed=0, device="auto", out=None,
     log_every=100, save_every=1000, eval_samples=None, eval_batch_size=512, metric_votes=800,
     decomp_samples=10000, eval_only=False, checkpoint=None, resume=None, no_eval=False,
-    no_progress=False,
+    no_progress=False, time_budget=None, overwrite=False, force_resume=False,
 )
 
 
@@ -226,40 +225,57 @@ def build_parser():
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint, no training")
     p.add_argument("--checkpoint", help="btcvae.py checkpoint (or run folder) to evaluate")
-    p.add_argument("--resume", help="checkpoint (or run folder) to continue training from")
+    p.add_argument("--resume", help="run folder (or its checkpoint.pt) to continue training in, exactly")
+    p.add_argument("--force-resume", action="store_true",
+                   help="with --resume: apply flags that change the model, data or objective (recorded in the log)")
+    p.add_argument("--overwrite", action="store_true", help="start a new run in an --out that holds one (deletes it)")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="stop after MINUTES with a checkpoint; continue with the same command and --resume")
     return p
 
 
-def make_config(argv=None):
-    """Merge DEFAULTS <- PRESETS[dataset] <- explicit flags (<- a resumed run's config)."""
-    explicit = vars(build_parser().parse_args(argv))
-    if "resume" in explicit:
-        resume_path = _checkpoint_path(explicit["resume"])
-        cfg = dict(_load_checkpoint(resume_path)["config"])
-        cfg.update(explicit)
-        cfg["resume"] = resume_path
-    else:
-        cfg = dict(DEFAULTS)
-        dataset = explicit.get("dataset", cfg["dataset"])
-        cfg.update(PRESETS[dataset])
-        cfg.update(explicit)
-    if explicit.get("beta_vae") is not None:
-        set_here = [f"--{k}" for k in ("alpha", "beta", "gamma") if k in explicit]
-        if set_here:
-            raise ValueError(f"--beta-vae B sets alpha = beta = gamma = B; drop {' '.join(set_here)}.")
-        cfg["alpha"] = cfg["beta"] = cfg["gamma"] = float(explicit["beta_vae"])
+def _normalize(cfg):
+    """Fill what the flags leave open (in place): splits, run folder, beta-VAE weights."""
+    for key, value in DEFAULTS.items():
+        cfg.setdefault(key, value)
+    if cfg.get("beta_vae") is not None:
+        cfg["alpha"] = cfg["beta"] = cfg["gamma"] = float(cfg["beta_vae"])
     source = DATA_SOURCES[cfg["dataset"]]
     cfg["train_split"] = cfg.get("train_split") or source["train_split"]
     cfg["eval_split"] = cfg.get("eval_split") or source["eval_split"]
     if cfg.get("out") is None:
         tag = "eval" if cfg["eval_only"] else f"s{cfg['seed']}"
         cfg["out"] = os.path.join("runs", f"btcvae-{cfg['dataset']}-{tag}")
+    return cfg
+
+
+def make_config(argv=None):
+    """Merge DEFAULTS <- PRESETS[dataset] <- explicit flags; on --resume, the run's own
+    config <- the flags that only change how it goes on (runs.merge_resume)."""
+    explicit = vars(build_parser().parse_args(argv))
+    if explicit.get("beta_vae") is not None:
+        set_here = [f"--{k}" for k in ("alpha", "beta", "gamma") if k in explicit]
+        if set_here:
+            raise ValueError(f"--beta-vae B sets alpha = beta = gamma = B; drop {' '.join(set_here)}.")
+    if "resume" in explicit:
+        cfg = runs.resume_config(explicit, "btcvae", _normalize)
+    else:
+        cfg = dict(DEFAULTS)
+        dataset = explicit.get("dataset", cfg["dataset"])
+        cfg.update(PRESETS[dataset])
+        cfg.update(explicit)
+        _normalize(cfg)
     validate_config(cfg)
     return cfg
 
 
 def validate_config(cfg):
     """One ValueError sentence per bad flag combination."""
+    runs.check_finite_flags(cfg, ("alpha", "beta", "gamma", "beta_vae", "lr", "epochs", "time_budget"))
+    if cfg["time_budget"] is not None and cfg["time_budget"] <= 0:
+        raise ValueError(f"--time-budget {cfg['time_budget']}: give the minutes a slice may run (> 0).")
+    if cfg["seed"] < 0:
+        raise ValueError(f"--seed {cfg['seed']}: seeds are integers >= 0.")
     if cfg["cont"] < 1:
         raise ValueError(f"--cont {cfg['cont']}: need at least one latent unit.")
     if cfg.get("beta_vae") is not None and cfg["beta_vae"] < 0:
@@ -478,57 +494,6 @@ def btcvae_loss(x, x_logits, z, mu, logvar, dataset_size, alpha=1.0, beta=6.0, g
 # Training loop
 # ---------------------------------------------------------------------------
 
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
-
-def _rng_state():
-    np_state = np.random.get_state()  # ("MT19937", keys, pos, has_gauss, cached_gaussian)
-    state = dict(torch=torch.get_rng_state(), python=random.getstate(),
-                 numpy=torch.from_numpy(np_state[1].astype(np.int64)),
-                 numpy_pos=int(np_state[2]), numpy_gauss=[int(np_state[3]), float(np_state[4])])
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuple(state["python"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state.get("numpy_pos", 624),
-                         *state.get("numpy_gauss", [0, 0.0])))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(x):
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def _checkpoint_path(path):
-    return os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path
-
-
-def _load_checkpoint(path):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass a checkpoint.pt file or a run folder.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: say which, not a pickle trace
-        raise ValueError(f"could not read checkpoint {path} ({type(err).__name__}); "
-                         "it is not a PyTorch checkpoint or it is corrupt.") from None
-
-
-def save_checkpoint(path, model, optimizer, step, cfg):
-    """Atomic write: a crash mid-save leaves the previous checkpoint intact."""
-    tmp = path + ".tmp"
-    torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), step=step,
-                    config=cfg, rng=_rng_state()), tmp)
-    os.replace(tmp, path)
-
-
 def load_dataset(cfg, split):
     source = DATA_SOURCES[cfg["dataset"]]
     return data.load_dataset(source["name"], split=split, data_dir=cfg["data_dir"],
@@ -550,46 +515,35 @@ def log_columns(cfg):
             + [f"kl_z{j}" for j in range(cfg["cont"])] + ["seconds", "img_per_s"])
 
 
-def train(cfg, device):
-    """Iteration-based training of eq. 5 (or eq. 1 / eq. 2); returns the model and the step."""
+def train(cfg, device, argv=()):
+    """Iteration-based training of eq. 5 (or eq. 1 / eq. 2), until done or --time-budget;
+    returns the model, the step reached, the run's config and whether training is finished."""
     out = cfg["out"]
-    os.makedirs(out, exist_ok=True)
+    runs.check_out_dir(out, new_run=not cfg["resume"], overwrite=cfg["overwrite"])
     ds = load_dataset(cfg, cfg["train_split"])
     if cfg["batch_size"] > len(ds):
         raise ValueError(f"--batch-size {cfg['batch_size']} exceeds the {len(ds)} training images.")
     total = num_iterations(cfg, len(ds))
-    seed_everything(cfg["seed"])
+    runs.seed_everything(cfg["seed"])
     model = build_model(cfg, ds.image_size).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    step = 0
-    ckpt_path = os.path.join(out, "checkpoint.pt")
-    log_path = os.path.join(out, "log.csv")
-    if cfg.get("resume"):
-        ckpt = _load_checkpoint(cfg["resume"])
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step = int(ckpt["step"])
-        _set_rng_state(ckpt["rng"])
-        _truncate_log(log_path, step)
-        print(f"resumed from {cfg['resume']} at step {step}")
+    step, window = runs.restore(cfg, model, optimizer, "btcvae") if cfg["resume"] else (0, None)
+    os.makedirs(out, exist_ok=True)
     cfg = dict(cfg, iterations_total=total, objective=objective_name(cfg), train_size=len(ds))
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
+    runs.write_json(os.path.join(out, "config.json"), cfg)
     print(f"{cfg['objective']} with the {cfg['estimator'].upper()} estimator on {cfg['dataset']} "
           f"({len(ds)} images {ds.image_size}), {total} iterations, {nets.count_parameters(model)} "
           f"parameters ({cfg['arch']}), device {device}")
 
-    columns = log_columns(cfg)
-    new_log = not os.path.exists(log_path) or step == 0
-    log_file = open(log_path, "w" if new_log else "a", newline="")
-    writer = csv.writer(log_file)
-    if new_log:
-        writer.writerow(columns)
-    progress = _progress(total, step, cfg["no_progress"])
+    ckpt_path = os.path.join(out, "checkpoint.pt")
+    log_file, writer = runs.open_log(out, log_columns(cfg), step, cfg.get("resume_changes"))
+    progress = runs.progress(total, step, cfg["no_progress"])
+    budget = runs.TimeBudget(cfg["time_budget"])
     stream = data.batches(ds, cfg["batch_size"], seed=cfg["seed"], start_step=step)
     model.train()
-    sums, n_in_sums, finite = None, 0, torch.ones((), dtype=torch.bool, device=device)
-    t_last = time.perf_counter()
+    window = runs.LogWindow(device, window)  # sums since the last log row, kept across a resume
+    finite = torch.ones((), dtype=torch.bool, device=device)
+    t_start, start_step, stopped = time.perf_counter(), step, False
     try:
         while step < total:
             _, x = next(stream)                               # (B, C, H, W) in [0, 1]
@@ -602,60 +556,39 @@ def train(cfg, device):
             terms["loss"].backward()
             optimizer.step()
             # Accumulate on the device; the host reads them once per --log-every.
-            row = torch.cat([torch.stack([terms[k].detach() for k in ("loss", "recon", "mi", "tc", "dwkl", "kl")]),
-                             terms["kl_units"].detach()])    # (6 + D,)
-            sums = row if sums is None else sums + row
-            n_in_sums += 1
+            window.add(torch.cat([torch.stack([terms[k].detach() for k in ("loss", "recon", "mi", "tc", "dwkl", "kl")]),
+                                  terms["kl_units"].detach()]))    # (6 + D,)
             finite &= torch.isfinite(terms["loss"].detach())
             if step % cfg["log_every"] == 0 or step == total:
                 if not bool(finite):
                     raise FloatingPointError(step)
-                now = time.perf_counter()
-                values = (sums / n_in_sums).tolist()
+                n_rows = window.n
+                values, _, seconds = window.read()
                 writer.writerow([step] + [f"{v:.6g}" for v in values]
-                                + [f"{now - t_last:.3f}", f"{n_in_sums * x.shape[0] / (now - t_last):.1f}"])
+                                + [f"{seconds:.3f}", f"{n_rows * x.shape[0] / seconds:.1f}"])
                 log_file.flush()
                 progress.set_postfix(loss=f"{values[0]:.1f}", recon=f"{values[1]:.1f}", tc=f"{values[3]:.2f}",
                                      kl=f"{values[5]:.2f}", refresh=False)
-                sums, n_in_sums, t_last = None, 0, now
+                if start_step is not None:  # once, after the first log interval
+                    print(runs.eta_line(step, total, (time.perf_counter() - t_start) / (step - start_step)))
+                    start_step = None
             progress.update(1)
-            if step % cfg["save_every"] == 0 or step == total:
+            stopped = step < total and budget.expired()
+            if step % cfg["save_every"] == 0 or step == total or stopped:
                 if not bool(finite):
                     raise FloatingPointError(step)
-                save_checkpoint(ckpt_path, model, optimizer, step, cfg)
+                runs.save_checkpoint(ckpt_path, model, optimizer, step, cfg, "btcvae", window.state())
+            if stopped:
+                break
     except FloatingPointError:
-        raise FloatingPointError(
-            f"the loss became NaN or infinite by step {step}; the last good checkpoint is kept "
-            f"in {out} — lower --lr or --beta, or check the input data.") from None
+        raise FloatingPointError(runs.nan_message(step, ckpt_path, cfg["save_every"],
+                                                  "lower --lr or --beta, or check the input data")) from None
     finally:
         progress.close()
         log_file.close()
-    return model, step, cfg
-
-
-def _progress(total, initial, disable):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is in requirements.txt; degrade quietly if absent
-        disable = True
-    if disable:
-        class _Null:
-            def update(self, n): pass
-            def set_postfix(self, **kw): pass
-            def close(self): pass
-        return _Null()
-    return tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, smoothing=0.05)
-
-
-def _truncate_log(log_path, step):
-    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
-    if not os.path.exists(log_path):
-        return
-    with open(log_path, newline="") as f:
-        rows = list(csv.reader(f))
-    keep = rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) <= step]
-    with open(log_path, "w", newline="") as f:
-        csv.writer(f).writerows(keep)
+    if stopped:
+        print(runs.paused_message(cfg, step, total, "btcvae.py", argv), flush=True)
+    return model, step, cfg, not stopped
 
 
 # ---------------------------------------------------------------------------
@@ -763,7 +696,7 @@ def elbo_decomposition(mu, logvar, n_samples=10000, seed=0, progress=False):
     t0 = time.perf_counter()
     log_qz = torch.empty(q, dtype=torch.float64)                          # (Q,)
     log_qzd = torch.empty(q, d, dtype=torch.float64)                      # (Q, D)
-    bar = _progress(q, 0, not progress)
+    bar = runs.progress(q, 0, not progress)
     step = 1024
     for i in range(0, q, step):
         log_qz[i:i + step], log_qzd[i:i + step] = log_aggregate_posterior(z[i:i + step], mu, logvar)
@@ -855,8 +788,7 @@ def evaluate(model, cfg, device, step, log_path=None):
     res["null_reasons"] = reasons
     res["eval_seconds"] = round(time.perf_counter() - t0, 2)
     save_figures(model, cfg, ds, indices, mu, kl_units, mig_all, device, log_path, res["decomposition"])
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(res, f, indent=2)
+    runs.write_json(os.path.join(out, "metrics.json"), res)
     return res
 
 
@@ -1018,27 +950,26 @@ def _save_latent_vs_factor(mu, factors, factor_names, factor_sizes, path):
 # main
 # ---------------------------------------------------------------------------
 
-def run(cfg):
+def run(cfg, argv=()):
     device = nets.to_device(cfg["device"])
-    print(json.dumps({k: v for k, v in cfg.items()}, indent=None))
+    print("config:\n" + runs.format_config(cfg))
     if cfg["eval_only"]:
-        ckpt = _load_checkpoint(_checkpoint_path(cfg["checkpoint"]))
-        if not (isinstance(ckpt, dict) and "model" in ckpt and "config" in ckpt):
-            raise ValueError(f"{cfg['checkpoint']} is not a btcvae.py checkpoint (no 'model' and 'config' entries).")
+        path = runs.checkpoint_path(cfg["checkpoint"])
+        ckpt = runs.load_checkpoint(path, "btcvae")
         # The architecture and the objective come from the run that wrote the checkpoint.
         for key in ("cont", "arch", "alpha", "beta", "gamma", "beta_vae", "estimator"):
             cfg[key] = ckpt["config"][key]
         print(f"from the checkpoint: --cont {cfg['cont']} --arch {cfg['arch']}")
+        runs.check_out_dir(cfg["out"], new_run=True, overwrite=cfg["overwrite"])
         ds_probe = load_dataset(cfg, cfg["eval_split"])
         model = build_model(cfg, ds_probe.image_size)
-        model.load_state_dict(ckpt["model"])
+        runs.load_state_dict(model, ckpt["model"], path)
         os.makedirs(cfg["out"], exist_ok=True)
-        with open(os.path.join(cfg["out"], "config.json"), "w") as f:
-            json.dump(cfg, f, indent=2)
+        runs.write_json(os.path.join(cfg["out"], "eval_config.json"), cfg)
         res = evaluate(model.to(device), cfg, device, int(ckpt["step"]))
     else:
-        model, step, cfg = train(cfg, device)
-        if cfg["no_eval"]:
+        model, step, cfg, finished = train(cfg, device, argv)
+        if cfg["no_eval"] or not finished:
             return None
         res = evaluate(model, cfg, device, step, log_path=os.path.join(cfg["out"], "log.csv"))
     summary = {k: v for k, v in res.items() if k not in ("null_reasons", "decomposition") and not isinstance(v, list)}
@@ -1049,10 +980,11 @@ def run(cfg):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         cfg = make_config(argv)
-        return run(cfg)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+        return run(cfg, argv)
+    except (ValueError, OSError, FloatingPointError, runs.RunError) as err:
         print(f"btcvae.py: error: {err}", file=sys.stderr)
         raise SystemExit(2)
 

@@ -235,20 +235,8 @@ def make_config(argv=None):
     config <- the flags that only change how it goes on (runs.merge_resume)."""
     explicit = vars(build_parser().parse_args(argv))
     if "resume" in explicit:
-        resume_path = runs.checkpoint_path(explicit["resume"])
-        run_dir = runs.run_dir_of(explicit["resume"])
-        if "out" in explicit and os.path.abspath(explicit["out"]) != os.path.abspath(run_dir):
-            raise ValueError(f"--resume {explicit['resume']} continues in {run_dir}; --out {explicit['out']} "
-                             "names another folder (copy the run folder there first to branch it).")
-        ckpt = runs.load_checkpoint(resume_path, "cascadevae")
-        if "rng" not in ckpt:
-            raise runs.RunError(f"{resume_path} holds no RNG state, so it cannot be resumed exactly; "
-                                "evaluate it with --eval-only --checkpoint, or start a new run.")
-        stored = dict(ckpt["config"])
-        stored.setdefault("net", "dupont")  # runs from before --net used Dupont's 32x32 encoder
-        stored.pop("resume_changes", None)
-        cfg, changes = runs.merge_resume(stored, explicit, _normalize, force=explicit.get("force_resume", False))
-        cfg["resume"], cfg["out"], cfg["resume_changes"] = resume_path, run_dir, changes
+        # Runs from before --net used Dupont's 32x32 encoder.
+        cfg = runs.resume_config(explicit, "cascadevae", _normalize, legacy=dict(net="dupont"))
     else:
         cfg = dict(DEFAULTS)
         dataset = explicit.get("dataset", cfg["dataset"])
@@ -634,8 +622,7 @@ def train(cfg, device, argv=()):
     """Algorithm 1 for the given number of updates (or until --time-budget); returns the
     model, the step reached, the run's config and whether training is finished."""
     out = cfg["out"]
-    resume = cfg.get("resume")
-    runs.check_out_dir(out, new_run=not resume, overwrite=cfg["overwrite"])
+    runs.check_out_dir(out, new_run=not cfg["resume"], overwrite=cfg["overwrite"])
     ds = load_dataset(cfg, cfg["train_split"])
     if cfg["batch_size"] > len(ds):
         raise ValueError(f"--batch-size {cfg['batch_size']} exceeds the {len(ds)} training images.")
@@ -643,23 +630,7 @@ def train(cfg, device, argv=()):
     runs.seed_everything(cfg["seed"])
     model = build_model(cfg, ds.image_size, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    step, window = 0, None
-    ckpt_path = os.path.join(out, "checkpoint.pt")
-    log_path = os.path.join(out, "log.csv")
-    if resume:
-        ckpt = runs.load_checkpoint(resume, "cascadevae")
-        runs.load_state_dict(model, ckpt["model"], resume)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        for group in optimizer.param_groups:
-            group["lr"] = cfg["lr"]                           # a changed --lr applies from here on
-        step, window = int(ckpt["step"]), ckpt.get("log_window")
-        runs.set_rng_state(ckpt["rng"])
-        runs.truncate_log(log_path, step)
-        for name in os.listdir(out):                          # the old evaluation is of an older step
-            if name == "metrics.json" or name.endswith(".png"):
-                os.remove(os.path.join(out, name))
-        print(f"resumed {out} at step {step}" + "".join(
-            f"; {k}: {o!r} -> {n!r}" for k, (o, n) in cfg["resume_changes"].items()))
+    step, window = runs.restore(cfg, model, optimizer, "cascadevae") if cfg["resume"] else (0, None)
     os.makedirs(out, exist_ok=True)
     cfg = dict(cfg, iterations_total=total, objective=objective_name(cfg), train_size=len(ds))
     runs.write_json(os.path.join(out, "config.json"), cfg)
@@ -669,28 +640,16 @@ def train(cfg, device, argv=()):
         print(f"note: --t-d {cfg['t_d']} >= {total} iterations, so the alternating step never runs and this "
               "run trains CascadeVAE-C (sec. 6); lower --t-d to learn the discrete factor.")
 
-    columns = log_columns(cfg)
-    new_log = not os.path.exists(log_path) or step == 0
-    log_file = open(log_path, "w" if new_log else "a", newline="")
-    writer = csv.writer(log_file)
-    if new_log:
-        writer.writerow(columns)
-    if resume and cfg["resume_changes"]:
-        writer.writerow([f"# resumed at step {step} with " + "; ".join(
-            f"{k}: {o!r} -> {n!r}" for k, (o, n) in cfg["resume_changes"].items())])
+    ckpt_path = os.path.join(out, "checkpoint.pt")
+    log_file, writer = runs.open_log(out, log_columns(cfg), step, cfg.get("resume_changes"))
     progress = runs.progress(total, step, cfg["no_progress"])
     budget = runs.TimeBudget(cfg["time_budget"])
     stream = data.batches(ds, cfg["batch_size"], seed=cfg["seed"], start_step=step)
     model.train()
     beta_cache = {}  # the betas change every r steps: keep one device copy per value
-    # The log window (sums since the last row) survives a resume, so the row after it
-    # equals the uninterrupted run's row.
-    window = window or dict(sums=None, n=0, solve_sum=0.0, seconds=0.0)
-    sums = None if window["sums"] is None else window["sums"].to(device)
-    n_in_sums, solve_sum, seconds_before = window["n"], window["solve_sum"], window["seconds"]
+    window = runs.LogWindow(device, window)  # sums since the last log row, kept across a resume
     finite = torch.ones((), dtype=torch.bool, device=device)
-    t_last = t_start = time.perf_counter()
-    eta_shown, start_step, stopped = False, step, False
+    t_start, start_step, stopped = time.perf_counter(), step, False
     try:
         while step < total:
             _, x = next(stream)                               # (B, C, H, W) in [0, 1]
@@ -706,53 +665,42 @@ def train(cfg, device, argv=()):
             terms["loss"].backward()
             optimizer.step()
             # Accumulate on the device; the host reads them once per --log-every.
-            row = torch.cat([torch.stack([terms[k].detach() for k in
-                                          ("loss", "recon", "kl", "weighted_kl", "penalty", "h_d", "kl_d",
-                                           "lemma1_bound")]),
-                             terms["kl_units"].detach()])     # (8 + D,)
-            sums = row if sums is None else sums + row
-            n_in_sums += 1
-            solve_sum += terms["solve_seconds"]
+            window.add(torch.cat([torch.stack([terms[k].detach() for k in
+                                               ("loss", "recon", "kl", "weighted_kl", "penalty", "h_d", "kl_d",
+                                                "lemma1_bound")]),
+                                  terms["kl_units"].detach()]), host=terms["solve_seconds"])  # (8 + D,)
             finite &= torch.isfinite(terms["loss"].detach())
             if step % cfg["log_every"] == 0 or step == total:
                 if not bool(finite):
                     raise FloatingPointError(step)
-                now = time.perf_counter()
-                seconds = seconds_before + now - t_last
-                values = (sums / n_in_sums).tolist()
+                n_rows = window.n
+                values, solve_s, seconds = window.read()
                 n_shown = cfg["cont"] if n_relieved < 0 else n_relieved
-                values = values[:8] + [n_shown, 1000.0 * solve_sum / n_in_sums] + values[8:]
+                values = values[:8] + [n_shown, 1000.0 * solve_s] + values[8:]
                 writer.writerow([step] + [f"{v:.6g}" for v in values]
-                                + [f"{seconds:.3f}", f"{n_in_sums * x.shape[0] / seconds:.1f}"])
+                                + [f"{seconds:.3f}", f"{n_rows * x.shape[0] / seconds:.1f}"])
                 log_file.flush()
                 progress.set_postfix(loss=f"{values[0]:.1f}", recon=f"{values[1]:.1f}",
                                      kl=f"{values[2]:.2f}", h_d=f"{values[5]:.2f}", refresh=False)
-                sums, n_in_sums, solve_sum, seconds_before, t_last = None, 0, 0.0, 0.0, now
-                if not eta_shown:
-                    print(runs.eta_line(step, total, (now - t_start) / (step - start_step)), flush=True)
-                    eta_shown = True
+                if start_step is not None:  # once, after the first log interval
+                    print(runs.eta_line(step, total, (time.perf_counter() - t_start) / (step - start_step)))
+                    start_step = None
             progress.update(1)
             stopped = step < total and budget.expired()
             if step % cfg["save_every"] == 0 or step == total or stopped:
                 if not bool(finite):
                     raise FloatingPointError(step)
-                now = time.perf_counter()
-                runs.save_checkpoint(ckpt_path, model, optimizer, step, cfg, "cascadevae", log_window=dict(
-                    sums=None if sums is None else sums.cpu(), n=n_in_sums, solve_sum=solve_sum,
-                    seconds=seconds_before + now - t_last))
+                runs.save_checkpoint(ckpt_path, model, optimizer, step, cfg, "cascadevae", window.state())
             if stopped:
                 break
     except FloatingPointError:
-        kept = (f"the last good checkpoint is kept in {ckpt_path}" if os.path.exists(ckpt_path)
-                else f"no checkpoint was saved yet (the first is at step {cfg['save_every']})")
-        raise FloatingPointError(f"the loss became NaN or infinite by step {step}; {kept} — lower --lr, "
-                                 "or check the input data.") from None
+        raise FloatingPointError(runs.nan_message(step, ckpt_path, cfg["save_every"],
+                                                  "lower --lr, or check the input data")) from None
     finally:
         progress.close()
         log_file.close()
     if stopped:
-        print(f"time budget of {cfg['time_budget']:g} min reached at step {step} of {total}; checkpoint saved. "
-              f"Continue with: {runs.resume_command('cascadevae.py', argv, out)}", flush=True)
+        print(runs.paused_message(cfg, step, total, "cascadevae.py", argv), flush=True)
     return model, step, cfg, not stopped
 
 

@@ -172,19 +172,28 @@ def _grid_factors():
 # --------------------------------------------------------------------------------------
 SHAPE_NAMES = ("square", "ellipse", "heart")
 SHAPE_SCALES = np.linspace(0.5, 1.0, 6)  # dSprites' scale values
-SHAPE_ORIENTATIONS = np.arange(40) * (2 * np.pi / 40)  # k * 2pi/40, in [0, 2pi)
+# dSprites' 40 orientations, endpoints included: index 39 (2 pi) is the same angle as 0.
+SHAPE_ORIENTATIONS = np.linspace(0.0, 2 * np.pi, 40)
 SHAPE_POSITIONS = np.linspace(0.0, 1.0, 32)  # dSprites' posX / posY values
 
+# The calibration targets, measured on 100 real dSprites tiles (../shared/README.md,
+# "Facts measured from these tiles"; +-1 px, the factor values being inferred):
+_AREA = (369.0, 290.0, 224.0)  # px at scale 1 (square, ellipse, heart); ~ scale^2
+_ELLIPSE_RATIO = 1.75  # major / minor semi-axis, from second moments
+_CENTRE_FIRST, _CENTRE_SPAN = 16.0, 32.0  # sprite centre 16 -> 48 px as pos goes 0 -> 1
+
 _CANVAS = 64  # image side
-_SPRITE = 32  # sprite box side; EVEN, so the box centre is a pixel corner and np.rot90
-#               of the box is an exact rotation about the sprite's centre
+_SPRITE = 32  # sprite box side; the box centre is a pixel corner at sub-pixel phase 0
 _SUPERSAMPLE = 4  # 4 x 4 samples per pixel; a pixel is on when >= half of them are inside
-# Shape sizes at scale 1, in pixels, chosen to look like dSprites (see render_shapes):
-_SQUARE_HALF = 10.0  # 20 x 20 square; half-diagonal 14.1
-_ELLIPSE_AXES = (14.0, 7.0)  # semi-axes: 28 x 14 px, clearly elongated (2 : 1)
-_HEART_UNIT = 9.0  # pixels per unit of the heart curve (about 21 x 23 px)
-# Every shape stays within radius 15 px of its centre at every orientation, so in the
-# 32 px box (radius 16) its outermost pixel ring is always empty: nothing is clipped.
+_PHASES = 2  # sub-pixel placement in steps of 1 / _PHASES px (= 2 samples)
+# Shape sizes at scale 1 in pixels, solved from _AREA and _ELLIPSE_RATIO:
+_SQUARE_HALF = np.sqrt(_AREA[0]) / 2  # 19.21 x 19.21 square; half-diagonal 13.58
+_ELLIPSE_AXES = (np.sqrt(_AREA[1] * _ELLIPSE_RATIO / np.pi),  # semi-axes 12.71 x 7.26:
+                 np.sqrt(_AREA[1] / (_ELLIPSE_RATIO * np.pi)))  # pi a b = 290, a / b = 1.75
+# The heart's pixels per curve unit follow from its area (_heart_moments): 7.87 px, an
+# 18.1 x 20.3 px heart.  Every shape stays within 13.6 px of its centre at any angle, and
+# the centre sits at most 1/2 px off the box centre, so in the 32 px box (radius 16) the
+# outermost pixel ring is always empty: nothing is clipped.
 
 
 def _heart_inside(u, v):
@@ -192,58 +201,99 @@ def _heart_inside(u, v):
 
     Two unit-circle lobes lifted by sqrt|a|: a deep notch at the top (v = 1 against lobes
     at 1.58) and a sharp point at the bottom (v = -1), which keep it a recognisable heart
-    even at scale 0.5 (11 px); the 1.15 widens it to the square's width.
+    even at scale 0.5 (9 x 10 px); the 1.15 widens it to about its height.
     """
     a = u / 1.15
     return a * a + (v - np.sqrt(np.abs(a))) ** 2 <= 1
 
 
 @functools.lru_cache(maxsize=1)
-def _heart_centroid_v():
-    """v of the heart's area centroid (~0.61): we centre the heart there so that, like the
-    square and the ellipse, it rotates about and is positioned by its centre of mass."""
+def _heart_moments():
+    """(area, v of the area centroid) of the heart curve in its own units (~3.61, ~0.61).
+
+    The area sets the pixel size of a unit (224 px at scale 1); we centre the heart on its
+    centroid so that, like the square and the ellipse, it rotates about and is positioned
+    by its centre of mass.
+    """
     t = np.linspace(-2.0, 2.0, 1601)  # the curve lies in |u| <= 1.15, -1 <= v < 1.58
     inside = _heart_inside(t[None, :], t[:, None])  # (1601, 1601): rows index v
-    return float((inside * t[:, None]).sum() / inside.sum())
+    cell = (t[1] - t[0]) ** 2
+    return float(inside.sum() * cell), float((inside * t[:, None]).sum() / inside.sum())
+
+
+def _placement():
+    """posX (or posY) index -> (box origin (32,) int64, sub-pixel phase (32,) int64).
+
+    The centre 16 + 32 * pos (../shared/README.md), in pixel coordinates with pixel k
+    covering [k, k + 1), rounded to 1 / _PHASES px: a centre at n + p / _PHASES puts the
+    box origin at n - 16 and uses the sprite rasterised at phase p.  Rounding moves the
+    centre by at most 1/4 px; 32 / 31 px per step is not a whole number of pixels.
+    """
+    centre = _CENTRE_FIRST + _CENTRE_SPAN * SHAPE_POSITIONS  # (32,) px, 16 ... 48
+    q = np.round(centre * _PHASES).astype(np.int64)  # (32,) in 1 / _PHASES px; no ties
+    return q // _PHASES - _SPRITE // 2, q % _PHASES
+
+
+def _block_sums(a, k):
+    """Sums over k x k blocks of the last two axes: (..., H, W) -> uint8 (..., H / k, W / k).
+
+    k^2 strided adds, ~10 x faster than a reshape + sum over two small axes."""
+    out = np.zeros(a.shape[:-2] + (a.shape[-2] // k, a.shape[-1] // k), np.uint8)
+    for i in range(k):
+        for j in range(k):
+            out += a[..., i::k, j::k]
+    return out
 
 
 @functools.lru_cache(maxsize=1)
 def _sprite_bank():
-    """All 3 x 6 x 40 = 720 centred sprites, uint8 {0,1} (3, 6, 40, 32, 32), built once.
+    """All 3 x 6 x 40 sprites at the 2 x 2 sub-pixel phases, bit-packed, built once:
+    uint8 (3, 6, 40, _PHASES, _PHASES, 128), row-major bits of the (32, 32) box.
 
-    Orientation k < 10 is rasterised from the rotated shape; orientation k + 10 m is
-    ``np.rot90(sprite_k, m)``.  Why: the box centre is a pixel corner and the 4 x 4
-    sample pattern is symmetric, so rot90 of the array IS the rasterisation of the shape
-    rotated by 90 degrees, without any new rounding.  Hence a square at orientation k and
-    k + 10 (and an ellipse at k and k + 20) give bit-identical images -- the shape's
-    symmetry holds exactly in pixels, as it does for the continuous shape, rather than
-    up to a few boundary pixels that flip with floating-point noise.
+    Index [shape, scale, orientation, phase x, phase y]: the shape centred at
+    (16 + phase x / 2, 16 + phase y / 2) px of the box (x right, y down).  A half-pixel
+    shift is exactly 2 samples, so each orientation is sampled ONCE on a grid 2 samples
+    wider than the box and the 4 phases are 4 slices of it: the phases differ by the
+    placement of the pixel grid, not by new floating-point rounding.  Orientation 39
+    (2 pi) is reduced to 0 before rasterising, so it renders bit for bit as orientation 0.
+    Packed, 0.37 MB (the unpacked 32 x 32 boxes would be 2.9 MB).
     """
-    n = _SPRITE * _SUPERSAMPLE
-    # Sample coordinates in pixels, box centre at 0; symmetric: t[::-1] == -t exactly.
-    t = (np.arange(n) + 0.5) / _SUPERSAMPLE - _SPRITE / 2  # (n,)
-    x = t[None, :]  # (1, n) columns, to the right
-    y = -t[:, None]  # (n, 1) rows run down the image, y runs up
-    heart_v0 = _heart_centroid_v()
-    bank = np.empty((3, 6, 40, _SPRITE, _SPRITE), np.uint8)
+    ss, shift = _SUPERSAMPLE, _SUPERSAMPLE // _PHASES  # shift: samples per phase step
+    pad = shift * (_PHASES - 1)  # the grid is this many samples wider than the box
+    n = _SPRITE * ss + pad  # samples per side
+    # Sample coordinates in pixels relative to the shape centre; sample j of the grid is
+    # sample j - pad of a phase-0 box, so t[pad:] is the phase-0 box and t[pad - p * shift:]
+    # the box whose centre lies p / _PHASES px further right (down).
+    t = (np.arange(n) - pad + 0.5) / ss - _SPRITE / 2  # (n,)
+    x = t[None, None, :]  # (1, 1, n) columns, to the right
+    y = -t[None, :, None]  # (1, n, 1) rows run down the image, y runs up
+    theta = np.mod(SHAPE_ORIENTATIONS, 2 * np.pi)[:, None, None]  # (40, 1, 1); [39] == 0
+    c, s = np.cos(theta), np.sin(theta)
+    heart_area, heart_v0 = _heart_moments()
+    heart_unit = np.sqrt(_AREA[2] / heart_area)  # px per curve unit
+    bank = np.empty((3, 6, 40, _PHASES, _PHASES, _SPRITE * _SPRITE // 8), np.uint8)
     for j, scale in enumerate(SHAPE_SCALES):
-        for k in range(10):
-            c, s = np.cos(SHAPE_ORIENTATIONS[k]), np.sin(SHAPE_ORIENTATIONS[k])
-            # Rotate the sample points by -theta, i.e. the shape by +theta
-            # (counter-clockwise on screen); divide by scale to use the scale-1 shape.
-            u = (c * x + s * y) / scale  # (n, n)
-            v = (-s * x + c * y) / scale  # (n, n)
-            inside = (
-                np.maximum(np.abs(u), np.abs(v)) <= _SQUARE_HALF,
-                (u / _ELLIPSE_AXES[0]) ** 2 + (v / _ELLIPSE_AXES[1]) ** 2 <= 1,
-                _heart_inside(u / _HEART_UNIT, v / _HEART_UNIT + heart_v0),
-            )
-            for shape in range(3):
-                hits = inside[shape].reshape(_SPRITE, _SUPERSAMPLE, _SPRITE, _SUPERSAMPLE)
-                hits = hits.sum(axis=(1, 3))  # (32, 32) samples inside, out of 16
-                sprite = (2 * hits >= _SUPERSAMPLE ** 2).astype(np.uint8)  # (32, 32)
-                for m in range(4):
-                    bank[shape, j, k + 10 * m] = np.rot90(sprite, m)  # +90 deg per m
+        # Rotate the sample points by -theta, i.e. the shape by +theta
+        # (counter-clockwise on screen); divide by scale to use the scale-1 shape.
+        u = (c * x + s * y) / scale  # (40, n, n)
+        v = (-s * x + c * y) / scale  # (40, n, n)
+        inside = (
+            np.maximum(np.abs(u), np.abs(v)) <= _SQUARE_HALF,
+            (u / _ELLIPSE_AXES[0]) ** 2 + (v / _ELLIPSE_AXES[1]) ** 2 <= 1,
+            _heart_inside(u / heart_unit, v / heart_unit + heart_v0),
+        )  # 3 x (40, n, n) bool
+        for shape in range(3):
+            # Samples inside per (shift x shift) cell, counted once for all phases.
+            cells = _block_sums(inside[shape], shift)  # (40, n / shift, n / shift)
+            for px in range(_PHASES):
+                for py in range(_PHASES):
+                    # The phase-0 box starts pad samples (_PHASES - 1 cells) into the grid;
+                    # phase p starts p cells earlier: the centre lies p cells further on.
+                    c0, r0 = _PHASES - 1 - px, _PHASES - 1 - py
+                    box = cells[:, r0:r0 + _SPRITE * _PHASES, c0:c0 + _SPRITE * _PHASES]
+                    hits = _block_sums(box, _PHASES)  # (40, 32, 32), out of ss * ss
+                    sprite = 2 * hits >= ss * ss  # (40, 32, 32): >= half the 16 samples
+                    bank[shape, j, :, px, py] = np.packbits(sprite.reshape(40, -1), axis=1)
     bank.setflags(write=False)  # shared by every call: nobody may modify it
     return bank
 
@@ -252,38 +302,46 @@ def render_shapes(factor_indices):
     """Render procedural dSprites: factor indices (B, 5) -> uint8 images (B, 64, 64) in {0, 1}.
 
     Columns (shape, scale, orientation, posX, posY) index the dSprites values: shape in
-    (square, ellipse, heart), scale ``linspace(0.5, 1, 6)``, orientation ``k * 2pi / 40``
-    (counter-clockwise on screen), posX / posY ``linspace(0, 1, 32)`` (posX left to right,
-    posY top to bottom, i.e. array order).  Pure: same input, same output, no state but a
-    cache of the 720 centred sprites built on the first call (~0.05 s, 0.7 MB).
+    (square, ellipse, heart), scale ``linspace(0.5, 1, 6)``, orientation
+    ``linspace(0, 2 pi, 40)`` (counter-clockwise on screen; index 39 is index 0 again),
+    posX / posY ``linspace(0, 1, 32)`` (posX left to right, posY top to bottom, i.e. array
+    order).  Pure: same input, same output, no state but a cache of the 2,880 sprites
+    built on the first call (~0.2 s, 0.37 MB bit-packed).
 
-    Geometry: each sprite is rasterised once in a 32 x 32 box centred on its area
-    centroid, then placed by integer translation, one pixel per position step: posX = i
-    puts the sprite centre on the pixel corner x = 16 + i, so the 32 positions span
-    x = 16 ... 47 of the 64 px canvas and the largest rotated sprite never leaves it.
-    Sizes at scale 1: square 20 x 20 px, ellipse 28 x 14 px, heart about 21 x 23 px.
-    Pixels are on when at least half of a 4 x 4 supersampling grid lies inside the shape.
+    Geometry, calibrated to 100 real dSprites tiles (../shared/README.md): areas at
+    scale 1 of 369 (square, 19.2 px side), 290 (ellipse, semi-axes 12.71 x 7.26, ratio
+    1.75) and 224 px (heart, about 18 x 19 px), times scale^2; the sprite's area centroid
+    at 16 + 32 * pos px (pixel k covers [k, k + 1)), so 16 -> 48 over the 32 positions,
+    rounded to half a pixel.  Each sprite is rasterised once per half-pixel phase in a
+    32 x 32 box and placed by integer translation.  Pixels are on when at least half of
+    a 4 x 4 supersampling grid lies inside the shape.
 
-    How this differs from DeepMind's dSprites (we do not have their renderer's code):
-    * their exact sprite sizes in pixels, the pixel span of posX / posY (and whether
-      posY runs down or up the image), the direction of rotation, the rasterisation rule
-      (anti-aliasing / thresholding) and the heart's outline and rotation centre are not
-      published as numbers; ours are chosen to look alike and are stated above, so
-      images match dSprites in kind, not pixel for pixel;
-    * orientation: their 40 values are described as "in [0, 2 pi]" and, we believe, are
-      ``linspace(0, 2 pi, 40)`` (step 2pi/39, so the first and last coincide); we use
-      step 2pi/40 so that 10 steps are exactly 90 degrees and the square's symmetry
-      (k ~ k + 10) and the ellipse's (k ~ k + 20) hold exactly (see ``_sprite_bank``);
-    * positions move the sprite by whole pixels (theirs may have sub-pixel placement).
+    How this still differs from DeepMind's dSprites (we do not have their renderer's
+    code; numbers from ``benchmarks/check_real_data.py`` on the 100 real tiles):
+    * outlines and rasterisation: their edges are more ragged (rotated squares show
+      single-pixel steps and notches our supersampling does not make) and their heart's
+      lobes and notch differ from our curve; after matching each real tile to the
+      nearest of our sprites (same shape, scale, orientation, position) a median of
+      {XOR_MEDIAN} of a tile's pixels still differ ({XOR_BY_SHAPE});
+    * scale-1 areas agree to within about 1 % (ours: {OUR_AREAS}); the real tiles'
+      area / scale^2 spreads by a few pixels around these, ours by the rasterisation;
+    * positions: our centre is rounded to half a pixel (their placement rule is
+      unknown); the direction of rotation (ours counter-clockwise) and the heart's
+      rotation centre (ours its centroid) cannot be read off unlabelled tiles;
+    * extent: at orientation 0 our sprites occupy pixels {EXTENT0}, the real tiles
+      5..57; a scale-1 square at 45 degrees in a corner reaches {EXTENT_ALL} (no such
+      tile is among the 100, so this is neither confirmed nor ruled out).
     The factor grid, its row-major order (posY fastest) and its size are dSprites' own.
     """
     f = _check_factor_indices(factor_indices)  # (B, 5)
-    bank = _sprite_bank()
-    sprites = bank[f[:, 0], f[:, 1], f[:, 2]]  # (B, 32, 32) centred sprites
+    origin, phase = _placement()  # (32,), (32,)
+    x0, y0 = origin[f[:, 3]], origin[f[:, 4]]  # (B,), (B,) box origins on the canvas
+    packed = _sprite_bank()[f[:, 0], f[:, 1], f[:, 2], phase[f[:, 3]], phase[f[:, 4]]]  # (B, 128)
+    sprites = np.unpackbits(packed, axis=1).reshape(-1, _SPRITE, _SPRITE)  # (B, 32, 32)
     out = np.zeros((f.shape[0], _CANVAS, _CANVAS), np.uint8)  # (B, 64, 64)
     # A Python loop of B slice copies (~1 us each) beats building (B, 32, 32) index arrays.
-    for b, (x0, y0) in enumerate(zip(f[:, 3].tolist(), f[:, 4].tolist())):
-        out[b, y0:y0 + _SPRITE, x0:x0 + _SPRITE] = sprites[b]
+    for b, (c0, r0) in enumerate(zip(x0.tolist(), y0.tolist())):
+        out[b, r0:r0 + _SPRITE, c0:c0 + _SPRITE] = sprites[b]
     return out
 
 

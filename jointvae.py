@@ -57,11 +57,9 @@ NOTE: why C_c must rise slowly. KL(q(c|x)||Uniform(K)) = log K - H(q(c|x)) is a
 """
 
 import argparse
-import csv
 import json
 import math
 import os
-import random
 import sys
 import time
 
@@ -73,6 +71,7 @@ from torch import nn
 import data
 import metrics
 import nets
+import runs
 import viz
 
 # ---------------------------------------------------------------------------
@@ -138,6 +137,7 @@ DEFAULTS = dict(
     iterations=None, seed=0, device="auto", out=None, log_every=100, save_every=5000,
     eval_samples=None, eval_batch_size=512, metric_votes=800, eval_only=False,
     checkpoint=None, resume=None, no_eval=False, no_progress=False,
+    time_budget=None, overwrite=False, force_resume=False,
 )
 
 
@@ -176,37 +176,57 @@ def build_parser():
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint, no training")
     p.add_argument("--checkpoint", help="checkpoint to evaluate: ours, or the author's model.pt")
-    p.add_argument("--resume", help="checkpoint (or run folder) to continue training from")
+    p.add_argument("--resume", help="run folder (or its checkpoint.pt) to continue training in, exactly")
+    p.add_argument("--force-resume", action="store_true",
+                   help="with --resume: apply flags that change the model, data or objective (recorded in the log)")
+    p.add_argument("--overwrite", action="store_true", help="start a new run in an --out that holds one (deletes it)")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="stop after MINUTES with a checkpoint; continue with the same command and --resume")
     return p
 
 
-def make_config(argv=None):
-    """Merge DEFAULTS <- PRESETS[dataset] <- explicit flags (<- a resumed run's config)."""
-    explicit = vars(build_parser().parse_args(argv))
-    if "resume" in explicit:
-        resume_path = _checkpoint_path(explicit["resume"])
-        cfg = dict(_load_checkpoint(resume_path)["config"])
-        cfg.update(explicit)
-        cfg["resume"] = resume_path
-    else:
-        cfg = dict(DEFAULTS)
-        dataset = explicit.get("dataset", cfg["dataset"])
-        cfg.update(PRESETS[dataset])
-        cfg.update(explicit)
+def _normalize(cfg):
+    """Fill what the flags leave open (in place): splits, run folder, schedule types."""
+    for key, value in DEFAULTS.items():
+        cfg.setdefault(key, value)
     source = DATA_SOURCES[cfg["dataset"]]
     cfg["train_split"] = cfg.get("train_split") or source["train_split"]
     cfg["eval_split"] = cfg.get("eval_split") or source["eval_split"]
     if cfg.get("out") is None:
         tag = "eval" if cfg["eval_only"] else f"s{cfg['seed']}"
         cfg["out"] = os.path.join("runs", f"jointvae-{cfg['dataset']}-{tag}")
-    cfg["c_cont"] = [float(cfg["c_cont"][0]), float(cfg["c_cont"][1]), int(cfg["c_cont"][2])]
-    cfg["c_disc"] = [float(cfg["c_disc"][0]), float(cfg["c_disc"][1]), int(cfg["c_disc"][2])]
+    for name in ("c_cont", "c_disc"):
+        c_min, c_max, iters = (float(v) for v in cfg[name])
+        if math.isfinite(iters) and iters != int(iters):
+            raise ValueError(f"--{name.replace('_', '-')} {c_min:g} {c_max:g} {iters:g}: ITERS counts updates "
+                             "and must be a whole number.")
+        cfg[name] = [c_min, c_max, int(iters) if math.isfinite(iters) else iters]  # non-finite: validate_config
+    return cfg
+
+
+def make_config(argv=None):
+    """Merge DEFAULTS <- PRESETS[dataset] <- explicit flags; on --resume, the run's own
+    config <- the flags that only change how it goes on (runs.merge_resume)."""
+    explicit = vars(build_parser().parse_args(argv))
+    if "resume" in explicit:
+        cfg = runs.resume_config(explicit, "jointvae", _normalize)
+    else:
+        cfg = dict(DEFAULTS)
+        dataset = explicit.get("dataset", cfg["dataset"])
+        cfg.update(PRESETS[dataset])
+        cfg.update(explicit)
+        _normalize(cfg)
     validate_config(cfg)
     return cfg
 
 
 def validate_config(cfg):
     """One ValueError sentence per bad flag combination."""
+    runs.check_finite_flags(cfg, ("temperature", "gamma", "beta", "lr", "epochs", "time_budget", "c_cont", "c_disc"))
+    if cfg["time_budget"] is not None and cfg["time_budget"] <= 0:
+        raise ValueError(f"--time-budget {cfg['time_budget']}: give the minutes a slice may run (> 0).")
+    if cfg["seed"] < 0:
+        raise ValueError(f"--seed {cfg['seed']}: seeds are integers >= 0.")
     if cfg["cont"] < 0 or (cfg["cont"] == 0 and not cfg["disc"]):
         raise ValueError("need at least one latent: set --cont >= 1 or give --disc.")
     if any(k < 2 for k in cfg["disc"]):
@@ -329,7 +349,7 @@ def load_official_weights(model, state_dict):
     heads = (["fc_mean", "fc_log_var"] if cont else []) + [f"fc_alphas.{i}" for i in range(n_disc)]
     ours["encoder.head.weight"] = torch.cat([state_dict[h + ".weight"] for h in heads], dim=0)  # (2D+Ktot, 256)
     ours["encoder.head.bias"] = torch.cat([state_dict[h + ".bias"] for h in heads], dim=0)      # (2D+Ktot,)
-    model.load_state_dict(ours, strict=True)
+    runs.load_state_dict(model, ours, "the author's state_dict")
     return model
 
 
@@ -415,57 +435,6 @@ def jointvae_loss(x, x_logits, mu, logvar, alphas, step, gamma, c_cont, c_disc, 
 # Training loop
 # ---------------------------------------------------------------------------
 
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
-
-def _rng_state():
-    np_state = np.random.get_state()  # ("MT19937", keys, pos, has_gauss, cached_gaussian)
-    state = dict(torch=torch.get_rng_state(), python=random.getstate(),
-                 numpy=torch.from_numpy(np_state[1].astype(np.int64)),
-                 numpy_pos=int(np_state[2]), numpy_gauss=[int(np_state[3]), float(np_state[4])])
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuple(state["python"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state.get("numpy_pos", 624),
-                         *state.get("numpy_gauss", [0, 0.0])))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(x):
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def _checkpoint_path(path):
-    return os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path
-
-
-def _load_checkpoint(path):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass a checkpoint.pt file or a run folder.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: say which, not a pickle trace
-        raise ValueError(f"could not read checkpoint {path} ({type(err).__name__}); "
-                         "it is not a PyTorch checkpoint or it is corrupt.") from None
-
-
-def save_checkpoint(path, model, optimizer, step, cfg):
-    """Atomic write: a crash mid-save leaves the previous checkpoint intact."""
-    tmp = path + ".tmp"
-    torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), step=step,
-                    config=cfg, rng=_rng_state()), tmp)
-    os.replace(tmp, path)
-
-
 def load_dataset(cfg, split):
     source = DATA_SOURCES[cfg["dataset"]]
     return data.load_dataset(source["name"], split=split, data_dir=cfg["data_dir"],
@@ -488,45 +457,34 @@ def log_columns(cfg):
             + ["seconds", "img_per_s"])
 
 
-def train(cfg, device):
-    """Iteration-based training of eq. 7 (or a baseline); returns the model and the step."""
+def train(cfg, device, argv=()):
+    """Iteration-based training of eq. 7 (or a baseline), until done or --time-budget;
+    returns the model, the step reached, the run's config and whether training is finished."""
     out = cfg["out"]
-    os.makedirs(out, exist_ok=True)
+    runs.check_out_dir(out, new_run=not cfg["resume"], overwrite=cfg["overwrite"])
     ds = load_dataset(cfg, cfg["train_split"])
     if cfg["batch_size"] > len(ds):
         raise ValueError(f"--batch-size {cfg['batch_size']} exceeds the {len(ds)} training images.")
     total = num_iterations(cfg, len(ds))
-    seed_everything(cfg["seed"])
+    runs.seed_everything(cfg["seed"])
     model = build_model(cfg, ds.image_size).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    step = 0
-    ckpt_path = os.path.join(out, "checkpoint.pt")
-    log_path = os.path.join(out, "log.csv")
-    if cfg.get("resume"):
-        ckpt = _load_checkpoint(cfg["resume"])
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step = int(ckpt["step"])
-        _set_rng_state(ckpt["rng"])
-        _truncate_log(log_path, step)
-        print(f"resumed from {cfg['resume']} at step {step}")
+    step, window = runs.restore(cfg, model, optimizer, "jointvae") if cfg["resume"] else (0, None)
+    os.makedirs(out, exist_ok=True)
     cfg = dict(cfg, iterations_total=total, objective=objective_name(cfg), train_size=len(ds))
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
+    runs.write_json(os.path.join(out, "config.json"), cfg)
     print(f"{cfg['objective']} on {cfg['dataset']} ({len(ds)} images {ds.image_size}), "
           f"{total} iterations, {nets.count_parameters(model)} parameters, device {device}")
 
-    columns = log_columns(cfg)
-    new_log = not os.path.exists(log_path) or step == 0
-    log_file = open(log_path, "w" if new_log else "a", newline="")
-    writer = csv.writer(log_file)
-    if new_log:
-        writer.writerow(columns)
-    progress = _progress(total, step, cfg["no_progress"])
+    ckpt_path = os.path.join(out, "checkpoint.pt")
+    log_file, writer = runs.open_log(out, log_columns(cfg), step, cfg.get("resume_changes"))
+    progress = runs.progress(total, step, cfg["no_progress"])
+    budget = runs.TimeBudget(cfg["time_budget"])
     stream = data.batches(ds, cfg["batch_size"], seed=cfg["seed"], start_step=step)
     model.train()
-    sums, n_in_sums, finite = None, 0, torch.ones((), dtype=torch.bool, device=device)
-    t_last = time.perf_counter()
+    window = runs.LogWindow(device, window)  # sums since the last log row, kept across a resume
+    finite = torch.ones((), dtype=torch.bool, device=device)
+    t_start, start_step, stopped = time.perf_counter(), step, False
     try:
         while step < total:
             _, x = next(stream)                               # (B, C, H, W) in [0, 1]
@@ -539,61 +497,40 @@ def train(cfg, device):
             terms["loss"].backward()
             optimizer.step()
             # Accumulate on the device; the host reads them once per --log-every.
-            row = torch.cat([torch.stack([terms[k].detach() for k in ("loss", "recon", "kl_cont", "kl_disc")]),
-                             terms["kl_cont_units"].detach(), terms["kl_disc_vars"].detach()])  # (4 + D + V,)
-            sums = row if sums is None else sums + row
-            n_in_sums += 1
+            window.add(torch.cat([torch.stack([terms[k].detach() for k in ("loss", "recon", "kl_cont", "kl_disc")]),
+                                  terms["kl_cont_units"].detach(), terms["kl_disc_vars"].detach()]))  # (4 + D + V,)
             finite &= torch.isfinite(terms["loss"].detach())
             if step % cfg["log_every"] == 0 or step == total:
                 if not bool(finite):
                     raise FloatingPointError(step)
-                now = time.perf_counter()
-                values = (sums / n_in_sums).tolist()
+                n_rows = window.n
+                values, _, seconds = window.read()
                 values = values[:4] + [terms["c_cont"], terms["c_disc"]] + values[4:]
                 writer.writerow([step] + [f"{v:.6g}" for v in values]
-                                + [f"{now - t_last:.3f}", f"{n_in_sums * x.shape[0] / (now - t_last):.1f}"])
+                                + [f"{seconds:.3f}", f"{n_rows * x.shape[0] / seconds:.1f}"])
                 log_file.flush()
                 progress.set_postfix(loss=f"{values[0]:.1f}", recon=f"{values[1]:.1f}",
                                      kl_z=f"{values[2]:.2f}", kl_c=f"{values[3]:.2f}", refresh=False)
-                sums, n_in_sums, t_last = None, 0, now
+                if start_step is not None:  # once, after the first log interval
+                    print(runs.eta_line(step, total, (time.perf_counter() - t_start) / (step - start_step)))
+                    start_step = None
             progress.update(1)
-            if step % cfg["save_every"] == 0 or step == total:
+            stopped = step < total and budget.expired()
+            if step % cfg["save_every"] == 0 or step == total or stopped:
                 if not bool(finite):
                     raise FloatingPointError(step)
-                save_checkpoint(ckpt_path, model, optimizer, step, cfg)
+                runs.save_checkpoint(ckpt_path, model, optimizer, step, cfg, "jointvae", window.state())
+            if stopped:
+                break
     except FloatingPointError:
-        raise FloatingPointError(
-            f"the loss became NaN or infinite by step {step}; the last good checkpoint is kept "
-            f"in {out} — lower --lr or --gamma, or check the input data.") from None
+        raise FloatingPointError(runs.nan_message(step, ckpt_path, cfg["save_every"],
+                                                  "lower --lr or --gamma, or check the input data")) from None
     finally:
         progress.close()
         log_file.close()
-    return model, step, cfg
-
-
-def _progress(total, initial, disable):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is in requirements.txt; degrade quietly if absent
-        disable = True
-    if disable:
-        class _Null:
-            def update(self, n): pass
-            def set_postfix(self, **kw): pass
-            def close(self): pass
-        return _Null()
-    return tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, smoothing=0.05)
-
-
-def _truncate_log(log_path, step):
-    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
-    if not os.path.exists(log_path):
-        return
-    with open(log_path, newline="") as f:
-        rows = list(csv.reader(f))
-    keep = rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) <= step]
-    with open(log_path, "w", newline="") as f:
-        csv.writer(f).writerows(keep)
+    if stopped:
+        print(runs.paused_message(cfg, step, total, "jointvae.py", argv), flush=True)
+    return model, step, cfg, not stopped
 
 
 # ---------------------------------------------------------------------------
@@ -689,8 +626,7 @@ def evaluate(model, cfg, device, step, log_path=None):
     # The discrete value most images are assigned to: the continuous traversals hold c there.
     typical = int(torch.bincount(joint_code(alphas, cfg["disc"])).argmax()) if alphas else 0
     save_figures(model, cfg, ds, indices, kl_units, typical, device, log_path)
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(res, f, indent=2)
+    runs.write_json(os.path.join(out, "metrics.json"), res)
     return res
 
 
@@ -801,38 +737,38 @@ def _disc_configs(disc):
 # main
 # ---------------------------------------------------------------------------
 
-def run(cfg):
+def run(cfg, argv=()):
     device = nets.to_device(cfg["device"])
-    print(json.dumps({k: v for k, v in cfg.items()}, indent=None))
+    print("config:\n" + runs.format_config(cfg))
     if cfg["eval_only"]:
-        ckpt = _load_checkpoint(_checkpoint_path(cfg["checkpoint"]))
-        if isinstance(ckpt, dict) and "model" in ckpt and "config" in ckpt:
-            # Our checkpoint: the architecture comes from the run that wrote it.
-            for key in ("cont", "disc", "temperature"):
-                cfg[key] = ckpt["config"][key]
-            state, step = ckpt["model"], int(ckpt["step"])
-        elif isinstance(ckpt, dict) and "img_to_features.0.weight" in ckpt:
+        path = runs.checkpoint_path(cfg["checkpoint"])
+        ckpt = runs.load_checkpoint(path)
+        if isinstance(ckpt, dict) and "img_to_features.0.weight" in ckpt:
             # The author's state_dict: read the latent sizes off the head shapes.
             cfg["cont"] = int(ckpt["fc_mean.weight"].shape[0]) if "fc_mean.weight" in ckpt else 0
             cfg["disc"] = [int(ckpt[f"fc_alphas.{i}.weight"].shape[0])
                            for i in range(sum(1 for k in ckpt if k.startswith("fc_alphas.") and k.endswith(".weight")))]
             state, step = None, None
         else:
-            raise ValueError(f"{cfg['checkpoint']} is neither a jointvae.py checkpoint nor the author's state_dict.")
+            runs.check_training_checkpoint(ckpt, path, "jointvae")
+            # Our checkpoint: the architecture comes from the run that wrote it.
+            for key in ("cont", "disc", "temperature"):
+                cfg[key] = ckpt["config"][key]
+            state, step = ckpt["model"], int(ckpt["step"])
         print(f"latent sizes from the checkpoint: --cont {cfg['cont']} --disc {' '.join(map(str, cfg['disc']))}")
+        runs.check_out_dir(cfg["out"], new_run=True, overwrite=cfg["overwrite"])
         ds_probe = load_dataset(cfg, cfg["eval_split"])
         model = build_model(cfg, ds_probe.image_size)
         if state is None:
             load_official_weights(model, ckpt)
         else:
-            model.load_state_dict(state)
+            runs.load_state_dict(model, state, path)
         os.makedirs(cfg["out"], exist_ok=True)
-        with open(os.path.join(cfg["out"], "config.json"), "w") as f:
-            json.dump(cfg, f, indent=2)
+        runs.write_json(os.path.join(cfg["out"], "eval_config.json"), cfg)
         res = evaluate(model.to(device), cfg, device, step)
     else:
-        model, step, cfg = train(cfg, device)
-        if cfg["no_eval"]:
+        model, step, cfg, finished = train(cfg, device, argv)
+        if cfg["no_eval"] or not finished:
             return None
         res = evaluate(model, cfg, device, step, log_path=os.path.join(cfg["out"], "log.csv"))
     summary = {k: v for k, v in res.items() if k not in ("null_reasons",) and not isinstance(v, list)}
@@ -841,10 +777,11 @@ def run(cfg):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         cfg = make_config(argv)
-        return run(cfg)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+        return run(cfg, argv)
+    except (ValueError, OSError, FloatingPointError, runs.RunError) as err:
         print(f"jointvae.py: error: {err}", file=sys.stderr)
         raise SystemExit(2)
 

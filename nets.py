@@ -172,6 +172,14 @@ def to_device(name):
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps.") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {name!r} cannot train a model here; use auto, cpu, cuda, cuda:N or mps.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for but CUDA is not available; use --device cpu.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                         "use --device cuda:0 or --device cpu.")
+    mps = getattr(torch.backends, "mps", None)
+    if device.type == "mps" and not (mps is not None and mps.is_available()):
+        raise ValueError(f"device {name!r} was asked for but MPS (Apple GPU) is not available; use --device cpu.")
     return device

@@ -39,7 +39,7 @@ CONTINUE_KEYS = frozenset({
     "iterations", "epochs", "log_every", "save_every", "no_progress", "device", "eval_samples",
     "eval_batch_size", "metric_votes", "no_eval", "time_budget", "data_dir", "download",
     "eval_split", "out", "resume", "checkpoint", "overwrite", "force_resume", "eval_only",
-    "decomposition_samples", "pretrained",
+    "decomp_samples", "pretrained",
 })
 
 
@@ -184,7 +184,7 @@ def truncate_log(log_path, step):
         return
     with open(log_path, newline="") as f:
         rows = list(csv.reader(f))
-    keep = rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) <= step]
+    keep = rows[:1] + [r for r in rows[1:] if r and _row_step(r) <= step]
     buf = io.StringIO()
     csv.writer(buf).writerows(keep)
     _atomic_write(log_path, lambda f: f.write(buf.getvalue()))
@@ -193,6 +193,21 @@ def truncate_log(log_path, step):
 # ---------------------------------------------------------------------------
 # Run folders and configs
 # ---------------------------------------------------------------------------
+
+def _row_step(row):
+    """The step of a log row; a '# resumed at step N with ...' note belongs to step N."""
+    first = row[0]
+    if first.startswith("#"):
+        words = first.split()
+        return int(words[words.index("step") + 1]) if "step" in words else 0
+    return int(float(first))
+
+
+def read_log_rows(path):
+    """log.csv as a list of dicts, the '#' note rows left out."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
 
 def check_out_dir(out, new_run, overwrite=False):
     """Before anything is written: the folder can be used, and a new run never lands on an
@@ -282,6 +297,110 @@ def check_finite_flags(cfg, keys):
         vals = v if isinstance(v, (list, tuple)) else [v]
         if any(isinstance(x, float) and not math.isfinite(x) for x in vals):
             raise ValueError(f"--{k.replace('_', '-')} {v}: every value must be a finite number.")
+
+
+# ---------------------------------------------------------------------------
+# The steps every script's make_config and train() share
+# ---------------------------------------------------------------------------
+
+def resume_config(explicit, method, normalize, legacy=None):
+    """The config of `--resume DIR`: the run's own config, the flags that only change how it
+    goes on applied (see merge_resume), `out` = DIR. `legacy` fills keys that runs written
+    before a flag existed lack, with the value those runs used."""
+    resume_path = checkpoint_path(explicit["resume"])
+    run_dir = run_dir_of(explicit["resume"])
+    if "out" in explicit and os.path.abspath(explicit["out"]) != os.path.abspath(run_dir):
+        raise RunError(f"--resume {explicit['resume']} continues in {run_dir}; --out {explicit['out']} "
+                       "names another folder (copy the run folder there first to branch it).")
+    ckpt = load_checkpoint(resume_path, method)
+    if "rng" not in ckpt:
+        raise RunError(f"{resume_path} holds no RNG state, so it cannot be resumed exactly; "
+                       "evaluate it with --eval-only --checkpoint, or start a new run.")
+    stored = dict(ckpt["config"])
+    for key, value in (legacy or {}).items():
+        stored.setdefault(key, value)
+    stored.pop("resume_changes", None)
+    cfg, changes = merge_resume(stored, explicit, normalize, force=explicit.get("force_resume", False))
+    cfg["resume"], cfg["out"], cfg["resume_changes"] = resume_path, run_dir, changes
+    return cfg
+
+
+def restore(cfg, model, optimizer, method):
+    """Load a --resume checkpoint into model and optimiser (a changed --lr applied), restore
+    every RNG, drop the log rows after its step and the evaluation of an older step.
+    Returns (step, log window)."""
+    path, out = cfg["resume"], cfg["out"]
+    ckpt = load_checkpoint(path, method)
+    load_state_dict(model, ckpt["model"], path)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for group in optimizer.param_groups:
+        group["lr"] = cfg["lr"]
+    set_rng_state(ckpt["rng"])
+    step = int(ckpt["step"])
+    truncate_log(os.path.join(out, "log.csv"), step)
+    for name in os.listdir(out):
+        if name == "metrics.json" or name.endswith(".png"):
+            os.remove(os.path.join(out, name))
+    changes = cfg.get("resume_changes") or {}
+    print(f"resumed {out} at step {step}" + "".join(f"; {k}: {o!r} -> {n!r}" for k, (o, n) in changes.items()))
+    return step, ckpt.get("log_window")
+
+
+def open_log(out, columns, step, changes=None):
+    """log.csv for appending (a new run or step 0: a fresh file with its header); a resume
+    whose flags changed records them in a comment row."""
+    log_path = os.path.join(out, "log.csv")
+    new_log = not os.path.exists(log_path) or step == 0
+    log_file = open(log_path, "w" if new_log else "a", newline="")
+    writer = csv.writer(log_file)
+    if new_log:
+        writer.writerow(columns)
+    if changes:
+        writer.writerow([f"# resumed at step {step} with " + "; ".join(
+            f"{k}: {o!r} -> {n!r}" for k, (o, n) in changes.items())])
+    return log_file, writer
+
+
+class LogWindow:
+    """Per-step values summed on the device since the last log row (no host sync per step).
+    Its state goes into every checkpoint, so the row after a resume equals the
+    uninterrupted run's row."""
+
+    def __init__(self, device, state=None):
+        state = state or {}
+        self.sums = None if state.get("sums") is None else state["sums"].to(device)
+        self.n = int(state.get("n", 0))
+        self.host = float(state.get("solve_sum", state.get("host", 0.0)))  # host-side sums (seconds)
+        self.seconds_before = float(state.get("seconds", 0.0))
+        self.t_last = time.perf_counter()
+
+    def add(self, row, host=0.0):
+        self.sums = row if self.sums is None else self.sums + row
+        self.n += 1
+        self.host += host
+
+    def read(self):
+        """(mean row as a list, mean host value, seconds the window took) and reset."""
+        now = time.perf_counter()
+        values = (self.sums / self.n).tolist()
+        out = values, self.host / self.n, self.seconds_before + now - self.t_last
+        self.sums, self.n, self.host, self.seconds_before, self.t_last = None, 0, 0.0, 0.0, now
+        return out
+
+    def state(self):
+        return dict(sums=None if self.sums is None else self.sums.cpu(), n=self.n, host=self.host,
+                    seconds=self.seconds_before + time.perf_counter() - self.t_last)
+
+
+def nan_message(step, ckpt_path, save_every, hint):
+    kept = (f"the last good checkpoint is kept in {ckpt_path}" if os.path.exists(ckpt_path)
+            else f"no checkpoint was saved yet (the first is due at step {save_every})")
+    return f"the loss became NaN or infinite by step {step}; {kept} — {hint}."
+
+
+def paused_message(cfg, step, total, prog, argv):
+    return (f"time budget of {cfg['time_budget']:g} min reached at step {step} of {total}; checkpoint saved in "
+            f"{cfg['out']}. Continue with: {resume_command(prog, argv, cfg['out'])}")
 
 
 # ---------------------------------------------------------------------------

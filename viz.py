@@ -212,9 +212,10 @@ def save_line_grid(panels, path, row_labels=None, col_labels=None, series_labels
 
 
 def read_log(path):
-    """Read a method's log.csv into {column: float array} for plot_curves."""
+    """Read a method's log.csv into {column: float array} for plot_curves. Rows starting
+    with '#' are notes (a resume with changed flags), not values."""
     with open(path, newline="") as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(line for line in f if not line.startswith("#"))
         cols = {name: [] for name in reader.fieldnames or []}
         for row in reader:
             for name in cols:

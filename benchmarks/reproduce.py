@@ -201,7 +201,8 @@ def read_run(out):
     if wall is None and os.path.isfile(os.path.join(out, "log.csv")):
         # A run started by hand: training time from the log plus the evaluation time.
         with open(os.path.join(out, "log.csv"), newline="") as f:
-            wall = sum(float(r["seconds"]) for r in csv.DictReader(f)) + float(m.get("eval_seconds") or 0.0)
+            rows = csv.DictReader(line for line in f if not line.startswith("#"))
+            wall = sum(float(r["seconds"]) for r in rows) + float(m.get("eval_seconds") or 0.0)
     m["_iterations"] = cfg.get("iterations_total", m.get("step"))
     m["_device"] = m.get("device", cfg.get("device"))
     if m["_device"] in (None, "auto") and os.path.isfile(os.path.join(out, "stdout.log")):

@@ -395,22 +395,6 @@ def _params(path):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
-def test_resume_continues_exactly(tmp_path):
-    common = SMOKE + ["--no-eval", "--seed", "3"]
-    bt.main(common + ["--iterations", "12", "--out", str(tmp_path / "straight")])
-    bt.main(common + ["--iterations", "6", "--out", str(tmp_path / "split")])
-    bt.main(["--resume", str(tmp_path / "split"), "--iterations", "12", "--no-progress"])
-    a, b = _params(tmp_path / "straight" / "checkpoint.pt"), _params(tmp_path / "split" / "checkpoint.pt")
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["step"] == 12
-    with open(tmp_path / "split" / "log.csv") as f, open(tmp_path / "straight" / "log.csv") as g:
-        split_rows = {int(r["step"]): r["tc"] for r in csv.DictReader(f)}
-        straight_rows = {int(r["step"]): r["tc"] for r in csv.DictReader(g)}
-    assert sorted(split_rows) == [5, 6, 10, 12] and sorted(straight_rows) == [5, 10, 12]
-    assert split_rows[5] == straight_rows[5] and split_rows[12] == straight_rows[12]
-
-
 def _error_of(capsys, argv):
     with pytest.raises(SystemExit) as exc:
         bt.main(argv)

@@ -301,24 +301,6 @@ def _params(path):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
-def test_resume_continues_exactly_across_t_d(tmp_path):
-    common = SMOKE + ["--no-eval", "--seed", "3", "--t-d", "8", "--r", "3"]
-    cv.main(common + ["--iterations", "12", "--out", str(tmp_path / "straight")])
-    cv.main(common + ["--iterations", "6", "--out", str(tmp_path / "split")])      # stops before t_d
-    cv.main(["--resume", str(tmp_path / "split"), "--iterations", "12", "--no-progress"])
-    a, b = _params(tmp_path / "straight" / "checkpoint.pt"), _params(tmp_path / "split" / "checkpoint.pt")
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    ck = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
-    assert ck["step"] == 12
-    split_rows = {int(r["step"]): r for r in _log(tmp_path / "split" / "log.csv")}
-    straight_rows = {int(r["step"]): r for r in _log(tmp_path / "straight" / "log.csv")}
-    assert sorted(split_rows) == [5, 6, 10, 12] and sorted(straight_rows) == [5, 10, 12]
-    for s in (5, 12):
-        assert split_rows[s]["loss"] == straight_rows[s]["loss"]
-    assert float(split_rows[12]["penalty"]) > 0.0                       # the resumed part ran the assignment
-
-
 def test_ablations_c_and_d(tmp_path):
     cv.main(SMOKE + ["--no-eval", "--iterations", "6", "--no-discrete", "--out", str(tmp_path / "c")])
     cfg = json.loads((tmp_path / "c" / "config.json").read_text())

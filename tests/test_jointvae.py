@@ -276,24 +276,6 @@ def _params(path):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
-def test_resume_continues_exactly(tmp_path):
-    common = SMOKE + ["--no-eval", "--seed", "3"]
-    jv.main(common + ["--iterations", "12", "--out", str(tmp_path / "straight")])
-    jv.main(common + ["--iterations", "6", "--out", str(tmp_path / "split")])
-    jv.main(["--resume", str(tmp_path / "split"), "--iterations", "12", "--no-progress"])
-    a, b = _params(tmp_path / "straight" / "checkpoint.pt"), _params(tmp_path / "split" / "checkpoint.pt")
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    ck = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
-    assert ck["step"] == 12
-    with open(tmp_path / "split" / "log.csv") as f, open(tmp_path / "straight" / "log.csv") as g:
-        split_rows = {int(r["step"]): r["loss"] for r in csv.DictReader(f)}
-        straight_rows = {int(r["step"]): r["loss"] for r in csv.DictReader(g)}
-    # The first run logged at 5 and at its end (6); the resumed run appended 10 and 12.
-    assert sorted(split_rows) == [5, 6, 10, 12] and sorted(straight_rows) == [5, 10, 12]
-    assert split_rows[5] == straight_rows[5] and split_rows[12] == straight_rows[12]
-
-
 def _error_of(capsys, argv):
     with pytest.raises(SystemExit) as exc:
         jv.main(argv)
@@ -349,18 +331,3 @@ def test_corrupt_checkpoint_is_one_sentence(capsys, tmp_path):
     bad.write_bytes(b"not a checkpoint")
     msg = _error_of(capsys, ["--eval-only", "--checkpoint", str(bad), "--dataset", "shapes"])
     assert "corrupt" in msg
-
-
-def test_rng_state_roundtrip_is_exact(tmp_path):
-    # A checkpoint's RNG state, saved and loaded with weights_only=True as the scripts
-    # do, must continue every generator exactly where it stopped.
-    import random as pyrandom
-    jv.seed_everything(5)
-    np.random.rand(3)                      # move numpy off a block boundary
-    torch.save(jv._rng_state(), tmp_path / "rng.pt")
-    expected = (torch.rand(4), np.random.rand(4), np.random.randn(), pyrandom.random())
-    jv.seed_everything(99)
-    jv._set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
-    got = (torch.rand(4), np.random.rand(4), np.random.randn(), pyrandom.random())
-    assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1])
-    assert expected[2] == got[2] and expected[3] == got[3]
