@@ -584,10 +584,11 @@ def train(cfg, device, argv=()):
         raise FloatingPointError(runs.nan_message(step, ckpt_path, cfg["save_every"],
                                                   "lower --lr or --beta, or check the input data")) from None
     finally:
+        budget.close()
         progress.close()
         log_file.close()
     if stopped:
-        print(runs.paused_message(cfg, step, total, "btcvae.py", argv), flush=True)
+        print(runs.paused_message(cfg, step, total, "btcvae.py", argv, budget), flush=True)
     return model, step, cfg, not stopped
 
 

@@ -697,10 +697,11 @@ def train(cfg, device, argv=()):
         raise FloatingPointError(runs.nan_message(step, ckpt_path, cfg["save_every"],
                                                   "lower --lr, or check the input data")) from None
     finally:
+        budget.close()
         progress.close()
         log_file.close()
     if stopped:
-        print(runs.paused_message(cfg, step, total, "cascadevae.py", argv), flush=True)
+        print(runs.paused_message(cfg, step, total, "cascadevae.py", argv, budget), flush=True)
     return model, step, cfg, not stopped
 
 

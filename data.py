@@ -27,7 +27,8 @@ Data sets and their layout on disk
   stored as one uint8 tensor (N, 1, 32, 32) (10 MB for 10,000 images) and turned into
   float32 / 255 per batch.  A split loads when ITS two files are present, whatever the
   other split has (``../shared/data/MNIST`` has the test images only).
-* ``shapes``: see :func:`render_shapes` -- the dSprites factor grid, rendered on demand.
+* ``shapes``: see :func:`render_shapes` -- the dSprites factor grid, rendered on demand
+  from sprites whose sizes and placement are calibrated to real dSprites tiles.
 * ``dsprites``: DeepMind's official file; its 737,280 images are kept bit-packed
   (``np.packbits``, 377 MB instead of 3 GB) and unpacked per batch.
 * ``images``: any folder (Chairs, CelebA): each image is resized so its shorter side is
@@ -215,8 +216,10 @@ def _heart_moments():
     centroid so that, like the square and the ellipse, it rotates about and is positioned
     by its centre of mass.
     """
-    t = np.linspace(-2.0, 2.0, 1601)  # the curve lies in |u| <= 1.15, -1 <= v < 1.58
-    inside = _heart_inside(t[None, :], t[:, None])  # (1601, 1601): rows index v
+    # Midpoint sums on a 0.005-unit grid: area and centroid to ~1e-5 (a 1601-point grid
+    # agrees to that), with 5 MB temporaries.  The curve lies in |u| <= 1.15, -1 <= v < 1.58.
+    t = np.linspace(-2.0, 2.0, 801)
+    inside = _heart_inside(t[None, :], t[:, None])  # (801, 801): rows index v
     cell = (t[1] - t[0]) ** 2
     return float(inside.sum() * cell), float((inside * t[:, None]).sum() / inside.sum())
 
@@ -273,27 +276,29 @@ def _sprite_bank():
     heart_unit = np.sqrt(_AREA[2] / heart_area)  # px per curve unit
     bank = np.empty((3, 6, 40, _PHASES, _PHASES, _SPRITE * _SPRITE // 8), np.uint8)
     for j, scale in enumerate(SHAPE_SCALES):
-        # Rotate the sample points by -theta, i.e. the shape by +theta
-        # (counter-clockwise on screen); divide by scale to use the scale-1 shape.
-        u = (c * x + s * y) / scale  # (40, n, n)
-        v = (-s * x + c * y) / scale  # (40, n, n)
-        inside = (
-            np.maximum(np.abs(u), np.abs(v)) <= _SQUARE_HALF,
-            (u / _ELLIPSE_AXES[0]) ** 2 + (v / _ELLIPSE_AXES[1]) ** 2 <= 1,
-            _heart_inside(u / heart_unit, v / heart_unit + heart_v0),
-        )  # 3 x (40, n, n) bool
-        for shape in range(3):
-            # Samples inside per (shift x shift) cell, counted once for all phases.
-            cells = _block_sums(inside[shape], shift)  # (40, n / shift, n / shift)
-            for px in range(_PHASES):
-                for py in range(_PHASES):
-                    # The phase-0 box starts pad samples (_PHASES - 1 cells) into the grid;
-                    # phase p starts p cells earlier: the centre lies p cells further on.
-                    c0, r0 = _PHASES - 1 - px, _PHASES - 1 - py
-                    box = cells[:, r0:r0 + _SPRITE * _PHASES, c0:c0 + _SPRITE * _PHASES]
-                    hits = _block_sums(box, _PHASES)  # (40, 32, 32), out of ss * ss
-                    sprite = 2 * hits >= ss * ss  # (40, 32, 32): >= half the 16 samples
-                    bank[shape, j, :, px, py] = np.packbits(sprite.reshape(40, -1), axis=1)
+        for o in range(0, 40, 8):  # 8 orientations at a time: ~1 MB temporaries
+            k = slice(o, o + 8)
+            # Rotate the sample points by -theta, i.e. the shape by +theta
+            # (counter-clockwise on screen); divide by scale to use the scale-1 shape.
+            u = (c[k] * x + s[k] * y) / scale  # (8, n, n)
+            v = (-s[k] * x + c[k] * y) / scale  # (8, n, n)
+            inside = (
+                np.maximum(np.abs(u), np.abs(v)) <= _SQUARE_HALF,
+                (u / _ELLIPSE_AXES[0]) ** 2 + (v / _ELLIPSE_AXES[1]) ** 2 <= 1,
+                _heart_inside(u / heart_unit, v / heart_unit + heart_v0),
+            )  # 3 x (8, n, n) bool
+            for shape in range(3):
+                # Samples inside per (shift x shift) cell, counted once for all phases.
+                cells = _block_sums(inside[shape], shift)  # (8, n / shift, n / shift)
+                for px in range(_PHASES):
+                    for py in range(_PHASES):
+                        # The phase-0 box starts pad samples (_PHASES - 1 cells) into the
+                        # grid; phase p starts p cells earlier: the centre is p cells on.
+                        c0, r0 = _PHASES - 1 - px, _PHASES - 1 - py
+                        box = cells[:, r0:r0 + _SPRITE * _PHASES, c0:c0 + _SPRITE * _PHASES]
+                        hits = _block_sums(box, _PHASES)  # (8, 32, 32), out of ss * ss
+                        sprite = 2 * hits >= ss * ss  # (8, 32, 32): >= half the 16 samples
+                        bank[shape, j, k, px, py] = np.packbits(sprite.reshape(8, -1), axis=1)
     bank.setflags(write=False)  # shared by every call: nobody may modify it
     return bank
 
@@ -310,33 +315,46 @@ def render_shapes(factor_indices):
 
     Geometry, calibrated to 100 real dSprites tiles (../shared/README.md): areas at
     scale 1 of 369 (square, 19.2 px side), 290 (ellipse, semi-axes 12.71 x 7.26, ratio
-    1.75) and 224 px (heart, about 18 x 19 px), times scale^2; the sprite's area centroid
+    1.75) and 224 px (heart, 18.1 x 20.3 px), times scale^2; the sprite's area centroid
     at 16 + 32 * pos px (pixel k covers [k, k + 1)), so 16 -> 48 over the 32 positions,
-    rounded to half a pixel.  Each sprite is rasterised once per half-pixel phase in a
-    32 x 32 box and placed by integer translation.  Pixels are on when at least half of
-    a 4 x 4 supersampling grid lies inside the shape.
+    rounded to half a pixel (phase 0: on a pixel corner, 1/2: on a pixel centre, per
+    axis).  Each sprite is rasterised once per phase in a 32 x 32 box and placed by
+    integer translation.  Pixels are on when at least half of a 4 x 4 supersampling grid
+    lies inside the shape.
 
     How this still differs from DeepMind's dSprites (we do not have their renderer's
-    code; numbers from ``benchmarks/check_real_data.py`` on the 100 real tiles):
-    * outlines and rasterisation: their edges are more ragged (rotated squares show
-      single-pixel steps and notches our supersampling does not make) and their heart's
-      lobes and notch differ from our curve; after matching each real tile to the
-      nearest of our sprites (same shape, scale, orientation, position) a median of
-      {XOR_MEDIAN} of a tile's pixels still differ ({XOR_BY_SHAPE});
-    * scale-1 areas agree to within about 1 % (ours: {OUR_AREAS}); the real tiles'
-      area / scale^2 spreads by a few pixels around these, ours by the rasterisation;
-    * positions: our centre is rounded to half a pixel (their placement rule is
-      unknown); the direction of rotation (ours counter-clockwise) and the heart's
-      rotation centre (ours its centroid) cannot be read off unlabelled tiles;
-    * extent: at orientation 0 our sprites occupy pixels {EXTENT0}, the real tiles
-      5..57; a scale-1 square at 45 degrees in a corner reaches {EXTENT_ALL} (no such
+    code; numbers measured on the 100 real tiles, ``benchmarks/check_real_data.py``):
+    * outlines and rasterisation: each real tile matched to its nearest sprite of ours
+      (shape, scale, orientation, then position) still differs in a median 5.0 % of its
+      pixels (90th percentile 14 %): squares 3.8 %, ellipses 4.1 %, hearts 11.2 %.
+      Their hearts are broader across the lobes (second-moment axis ratio 1.165 +-
+      0.030 against our 1.052 +- 0.023) with a shallower notch (~2 px deep at scale 1
+      against our 4.6); their rotated edges are more ragged (single-pixel steps);
+    * areas: ours at scale 1, averaged over orientations and both phases, are 372.3 /
+      292.3 / 226.7 px (+0.9 / +0.8 / +1.2 % of the targets); real area / scale^2 has
+      medians 367.3 / 288.9 / 225.0.  One image varies with orientation and phase
+      (square 361..396, ellipse 286..298, heart 224..229 at scale 1): an axis-aligned
+      square's edges fall 0.6 px into a pixel, so it is 20 x 20 px at phase 0 and
+      19 x 19 at phase 1/2.  Theirs vary less: 8 of the 9 real scale-0.7 squares have
+      180..182 px (the near-axis-aligned one 173);
+    * the ellipse's axis ratio per image: ours 1.745 +- 0.048, real 1.766 +- 0.040 (26
+      tiles at their matched factors); the mean over orientations is 1.72..1.74 at
+      every scale;
+    * positions: our centre is rounded to half a pixel (at most 1/4 px off 16 + 32 pos;
+      their placement rule is unknown); the direction of rotation (ours counter-
+      clockwise) and the heart's rotation centre (ours its centroid) cannot be read off
+      unlabelled tiles (the template match fits either);
+    * extent: 100 random images of ours occupy (median of 64 such samples) rows 6..57,
+      columns 5..58, the 100 real tiles rows 5..57, columns 6..57; over the whole grid
+      ours reach 3..60 (a scale-1 square at 45 degrees at an extreme position; no such
       tile is among the 100, so this is neither confirmed nor ruled out).
     The factor grid, its row-major order (posY fastest) and its size are dSprites' own.
     """
     f = _check_factor_indices(factor_indices)  # (B, 5)
     origin, phase = _placement()  # (32,), (32,)
     x0, y0 = origin[f[:, 3]], origin[f[:, 4]]  # (B,), (B,) box origins on the canvas
-    packed = _sprite_bank()[f[:, 0], f[:, 1], f[:, 2], phase[f[:, 3]], phase[f[:, 4]]]  # (B, 128)
+    bank = _sprite_bank()  # (3, 6, 40, 2, 2, 128) bit-packed
+    packed = bank[f[:, 0], f[:, 1], f[:, 2], phase[f[:, 3]], phase[f[:, 4]]]  # (B, 128)
     sprites = np.unpackbits(packed, axis=1).reshape(-1, _SPRITE, _SPRITE)  # (B, 32, 32)
     out = np.zeros((f.shape[0], _CANVAS, _CANVAS), np.uint8)  # (B, 64, 64)
     # A Python loop of B slice copies (~1 us each) beats building (B, 32, 32) index arrays.

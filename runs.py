@@ -23,6 +23,8 @@ import math
 import os
 import random
 import shlex
+import signal
+import threading
 import time
 
 import numpy as np
@@ -398,24 +400,46 @@ def nan_message(step, ckpt_path, save_every, hint):
     return f"the loss became NaN or infinite by step {step}; {kept} — {hint}."
 
 
-def paused_message(cfg, step, total, prog, argv):
-    return (f"time budget of {cfg['time_budget']:g} min reached at step {step} of {total}; checkpoint saved in "
-            f"{cfg['out']}. Continue with: {resume_command(prog, argv, cfg['out'])}")
+def paused_message(cfg, step, total, prog, argv, budget=None):
+    why = (f"{budget.signalled} received" if budget is not None and budget.signalled
+           else f"time budget of {cfg['time_budget']:g} min reached")
+    return (f"{why} at step {step} of {total}; checkpoint saved in {cfg['out']}. "
+            f"Continue with: {resume_command(prog, argv, cfg['out'])}")
 
 
 # ---------------------------------------------------------------------------
 # Time budget and progress
 # ---------------------------------------------------------------------------
 
+# Signals that ask a training run to stop at the next update with a checkpoint: `kill`
+# (SIGTERM), and the pre-emption / time-limit warnings of SLURM and submitit (SIGUSR1/2).
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, n))
+
+
 class TimeBudget:
-    """`--time-budget MINUTES`: the loop asks `expired()` after each update (no sync)."""
+    """`--time-budget MINUTES`, or a stop signal: the loop asks `expired()` after each
+    update (no sync) and, once it says yes, saves a checkpoint and exits with status 0."""
 
     def __init__(self, minutes):
         self.seconds = None if minutes is None else 60.0 * float(minutes)
         self.start = time.monotonic()
+        self.signalled, self._previous = None, {}
+        if threading.current_thread() is threading.main_thread():  # signal handlers live there only
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+
+    def close(self):
+        """Give the signals back to whoever handled them before (a caller of main())."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _on_signal(self, signum, frame):
+        self.signalled = signal.Signals(signum).name
 
     def expired(self):
-        return self.seconds is not None and time.monotonic() - self.start >= self.seconds
+        return self.signalled is not None or (
+            self.seconds is not None and time.monotonic() - self.start >= self.seconds)
 
 
 def eta_line(step, total, seconds_per_update):

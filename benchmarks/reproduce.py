@@ -35,6 +35,7 @@ import csv
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -154,14 +155,17 @@ def command(spec, arm, seed, out, quick, data_dir, device, extra, time_budget=No
     return args + list(extra)
 
 
-def execute(cmd, out, threads):
+def execute(cmd, out, threads, on_start=None):
     """Run one training+evaluation (or one slice of it); record wall time, device and
     command next to its outputs. Slices of one run add up in reproduce.json."""
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     t0 = time.time()
     with open(os.path.join(out, "stdout.log"), "a") as log:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if on_start is not None:
+            on_start(proc)
+        proc.wait()
     wall = time.time() - t0
     path = os.path.join(out, "reproduce.json")
     slices = []
@@ -308,6 +312,14 @@ def main(argv=None):
     p.add_argument("--threads", type=int, help="threads per run (default: the CPU's cores / --jobs)")
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="each run stops after MINUTES with a checkpoint; the same command continues it exactly")
+    p.add_argument("--launcher", choices=["local", "submitit"], default="local",
+                   help="local: a process pool on this machine (default); submitit: one job per run")
+    p.add_argument("--cluster", choices=["slurm", "local"], default="slurm",
+                   help="with --launcher submitit: a SLURM cluster, or this machine")
+    p.add_argument("--partition", help="SLURM partition (--launcher submitit --cluster slurm)")
+    p.add_argument("--gpus-per-job", type=int, help="GPUs per job (--launcher submitit)")
+    p.add_argument("--timeout-min", type=int, default=240,
+                   help="job time limit; a job that reaches it checkpoints and is requeued (default 240)")
     p.add_argument("--collect-only", action="store_true", help="only tabulate finished runs")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--list", action="store_true", help="list the protocols")
@@ -340,11 +352,103 @@ def main(argv=None):
                 print(" ".join(["python"] + [c.replace(ROOT + os.sep, "") for c in cmd[1:]]), flush=True)
             if args.dry_run:
                 continue
-            _run_all(todo, args.jobs, threads)
+            if args.launcher == "submitit":
+                _submit_all(todo, threads, args)
+            else:
+                _run_all(todo, args.jobs, threads)
         rows = collect(protocol, args.quick, args.seeds, args.runs_dir, args.arms, args.results_dir)
         path = write_tables(protocol, args.quick, rows, args.results_dir)
         with open(path) as f:
             print(f.read())
+
+
+def resume_variant(cmd, out):
+    """`cmd` continued exactly: --out OUT (and --overwrite) become --resume OUT once OUT
+    holds a checkpoint, so a requeued job picks up where the last one stopped."""
+    if not os.path.isfile(os.path.join(out, "checkpoint.pt")) or "--resume" in cmd:
+        return list(cmd)
+    args, skip = [], False
+    for a in cmd:
+        if skip:
+            skip = False
+            continue
+        if a == "--out":
+            skip = True
+            continue
+        if a != "--overwrite":
+            args.append(a)
+    return args + ["--resume", out]
+
+
+try:
+    from submitit.helpers import Checkpointable, DelayedSubmission
+except ImportError:  # submitit is in requirements.txt; only --launcher submitit needs it
+    Checkpointable, DelayedSubmission = object, None
+
+
+class SubmititRun(Checkpointable):
+    """One run as a submitit job. On a time limit or pre-emption, submitit calls
+    `checkpoint` in the job: the script is asked (SIGUSR1) to save a checkpoint at its next
+    update, and the job is requeued with the same command, which then continues it with
+    --resume, exactly (the same mechanism as --time-budget)."""
+
+    def __init__(self):
+        self.proc = None
+
+    def __call__(self, cmd, out, threads):
+        rc, _ = execute(resume_variant(cmd, out), out, threads, on_start=lambda p: setattr(self, "proc", p))
+        self.proc = None
+        if rc != 0:
+            raise RuntimeError(f"{out}: the run failed (exit {rc}); see {out}/stdout.log")
+        return read_run(out)
+
+    def checkpoint(self, cmd, out, threads):
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGUSR1)
+            proc.wait()                                   # it saves at its next update, then exits
+        return DelayedSubmission(SubmititRun(), cmd, out, threads)
+
+    def __getstate__(self):
+        return {}                                         # a Popen does not travel with the job
+
+    def __setstate__(self, state):
+        self.proc = None
+
+
+def _submit_all(todo, threads, args, on_submitted=None):
+    """Each run as a submitit job on a SLURM cluster or this machine; waits for all."""
+    try:
+        import cloudpickle
+        import submitit
+    except ImportError:
+        raise SystemExit("reproduce.py: error: --launcher submitit needs submitit (pip install -r requirements.txt).")
+    module = sys.modules[SubmititRun.__module__]
+    if module.__name__ != "__main__":
+        cloudpickle.register_pickle_by_value(module)      # the job need not import benchmarks/
+    executor = submitit.AutoExecutor(folder=os.path.join(args.runs_dir, "submitit", "%j"), cluster=args.cluster)
+    params = dict(timeout_min=args.timeout_min, cpus_per_task=threads, name="reproduce")
+    if args.cluster == "slurm":
+        params.update(slurm_partition=args.partition, gpus_per_node=args.gpus_per_job)
+    elif args.gpus_per_job:
+        params.update(gpus_per_node=args.gpus_per_job)
+    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    jobs = [(executor.submit(SubmititRun(), cmd, out, threads), out) for cmd, out in todo]
+    for job, out in jobs:
+        print(f"submitted job {job.job_id}: {out}", flush=True)
+    if on_submitted is not None:  # tests: pre-empt a job while it runs
+        on_submitted(jobs)
+    failed = 0
+    for job, out in jobs:
+        try:
+            job.result()
+            print(f"ok: {out}", flush=True)
+        except Exception as err:  # a failed job is reported, the others go on
+            failed += 1
+            print(f"FAILED: {out}: {str(err).strip().splitlines()[-1] if str(err).strip() else err}", flush=True)
+    if failed:
+        print(f"{failed} run(s) failed")
+    return jobs
 
 
 def _run_all(todo, jobs, threads):

@@ -457,7 +457,7 @@ def test_corrupt_or_foreign_checkpoint_is_one_sentence(capsys, tmp_path):
     assert "corrupt" in _error_of(capsys, ["--eval-only", "--checkpoint", str(bad)])
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
-    assert "not a btcvae.py checkpoint" in _error_of(capsys, ["--eval-only", "--checkpoint", str(foreign)])
+    assert "not a btcvae.py training checkpoint" in _error_of(capsys, ["--eval-only", "--checkpoint", str(foreign)])
     assert "does not exist" in _error_of(capsys, ["--eval-only", "--checkpoint", str(tmp_path / "none.pt")])
 
 
@@ -470,4 +470,4 @@ def test_eval_only_takes_the_architecture_from_the_checkpoint(tmp_path):
     assert res["step"] == 3 and len(res["kl_per_unit"]) == 4
     assert res["decomposition"]["n_samples"] == 100 and res["decomposition"]["n_data"] == 300
     assert (tmp_path / "eval" / "metrics.json").stat().st_size > 0
-    assert json.loads((tmp_path / "eval" / "config.json").read_text())["cont"] == 4
+    assert json.loads((tmp_path / "eval" / "eval_config.json").read_text())["cont"] == 4

@@ -370,7 +370,8 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(cv.data, "batches", poisoned)
     msg = _error_of(capsys, ["--resume", str(out), "--iterations", "10", "--no-progress"])  # t > t_d: in u
     assert "NaN" in msg and "checkpoint" in msg
-    msg = _error_of(capsys, ["--resume", str(out), "--iterations", "10", "--no-progress", "--t-d", "50"])
+    msg = _error_of(capsys, ["--resume", str(out), "--iterations", "10", "--no-progress", "--t-d", "50",
+                                    "--force-resume"])
     assert "NaN" in msg and "checkpoint" in msg                         # t <= t_d: in the loss
     assert hashlib.sha256((out / "checkpoint.pt").read_bytes()).hexdigest() == digest
     assert not os.path.exists(str(out / "checkpoint.pt.tmp"))

@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import json
 import os
+import sys
 
 import pytest
 
@@ -16,6 +17,7 @@ import jointvae
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 spec = importlib.util.spec_from_file_location("reproduce", os.path.join(ROOT, "benchmarks", "reproduce.py"))
 reproduce = importlib.util.module_from_spec(spec)
+sys.modules["reproduce"] = reproduce  # as `import reproduce` would: submitit pickles its job class by value
 spec.loader.exec_module(reproduce)
 
 SCRIPTS = {"jointvae.py": jointvae, "btcvae.py": btcvae, "cascadevae.py": cascadevae}
@@ -110,3 +112,59 @@ def test_dry_run_writes_nothing(tmp_path, capsys):
     assert out.count("python ") == len(ARMS)
     assert "--iterations 15000" in out and "--seed 0" in out
     assert not runs.exists() and not results.exists()
+
+
+TINY = ["--iterations", "40", "--batch-size", "16", "--log-every", "5", "--save-every", "1000",
+        "--eval-samples", "300", "--metric-votes", "10", "--decomp-samples", "50", "--device", "cpu"]
+
+
+def test_submitit_local_runs_a_tiny_protocol(tmp_path):
+    """Two seeds as two jobs through `--launcher submitit --cluster local`, then the table."""
+    pytest.importorskip("submitit")
+    runs_dir, results = str(tmp_path / "runs"), str(tmp_path / "results")
+    reproduce.main(["--protocol", "dsprites-mig", "--quick", "--arms", "btcvae", "--seeds", "0", "1",
+                    "--launcher", "submitit", "--cluster", "local", "--timeout-min", "10",
+                    "--runs-dir", runs_dir, "--results-dir", results, "--threads", "1", "--"] + TINY)
+    rows = _rows(os.path.join(results, "dsprites-mig-quick.csv"))
+    row = rows[("btcvae", "mig_4factors")]
+    assert row["seeds"] == "2/2" and row["iterations"] == "40" and row["ours"] != "not run"
+    jobs = [d for d in os.listdir(os.path.join(runs_dir, "submitit")) if d.isdigit()]
+    assert len(jobs) == 2                                                    # one job per run
+    for seed in (0, 1):
+        m = json.load(open(os.path.join(runs_dir, "dsprites-mig-quick", f"btcvae-s{seed}", "metrics.json")))
+        assert m["step"] == 40
+
+
+def test_submitit_checkpoint_requeues_and_continues_exactly(tmp_path):
+    """What submitit does on a time limit or pre-emption: call the job's `checkpoint` while
+    it runs (the script saves at its next update and exits), pickle the returned delayed
+    submission, and run it again. The result equals one uninterrupted run."""
+    pytest.importorskip("submitit")
+    import threading
+    import time
+
+    import cloudpickle
+    import torch
+
+    out = str(tmp_path / "run")
+    cmd = [sys.executable, os.path.join(ROOT, "btcvae.py"), "--dataset", "shapes", "--seed", "0",
+           "--no-progress", "--no-eval", "--out", out] + TINY
+    job, results = reproduce.SubmititRun(), []
+    worker = threading.Thread(target=lambda: results.append(job(cmd, out, 1)))
+    worker.start()
+    log, deadline = os.path.join(out, "log.csv"), time.time() + 120
+    while time.time() < deadline and not (os.path.exists(log) and len(open(log).read().splitlines()) >= 2):
+        time.sleep(0.1)
+    delayed = cloudpickle.loads(cloudpickle.dumps(job.checkpoint(cmd, out, 1)))
+    worker.join()
+    step = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["step"]
+    assert 5 <= step < 40 and results == [None]                          # paused, not finished
+    assert "SIGUSR1 received at step" in open(os.path.join(out, "stdout.log")).read()
+    delayed.function(*delayed.args, **delayed.kwargs)                   # the requeued job
+    assert "--resume" in json.load(open(os.path.join(out, "reproduce.json")))["command"]
+    straight = str(tmp_path / "straight")
+    btcvae.main(cmd[2:cmd.index("--out")] + ["--out", straight] + TINY)
+    a = torch.load(os.path.join(straight, "checkpoint.pt"), weights_only=True)
+    b = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    assert a["step"] == b["step"] == 40
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

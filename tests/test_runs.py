@@ -58,6 +58,11 @@ class _StopAt:
         outer = self
 
         class Budget:
+            signalled = None
+
+            def close(self):
+                pass
+
             def expired(self):
                 outer.calls += 1
                 return bool(outer.steps) and outer.calls == outer.steps[0]
