@@ -487,6 +487,14 @@ def assign(u, lam, slots=None):
     u = np.asarray(u, dtype=np.float64)                   # (B, S)
     if u.ndim != 2 or u.shape[0] < 1 or u.shape[1] < 1:
         raise ValueError(f"u must be a (B, S) array with B, S >= 1, got shape {u.shape}.")
+    if isinstance(lam, torch.Tensor):
+        if lam.numel() != 1:
+            raise ValueError(f"lam must be one number (lam' of eq. 6), got a tensor of shape {tuple(lam.shape)}.")
+        lam = lam.item()
+    try:
+        lam = float(lam)
+    except (TypeError, ValueError):
+        raise ValueError(f"lam must be one number (lam' of eq. 6), got {lam!r}.") from None
     if not np.isfinite(lam) or lam < 0:
         raise ValueError(f"lam = {lam}: the pair penalty must be a finite number >= 0 for the assignment to be exact.")
     if not np.isfinite(u).all():
@@ -494,7 +502,11 @@ def assign(u, lam, slots=None):
     b, s = u.shape
     if slots is None:
         slots = int(np.bincount(u.argmax(axis=1), minlength=s).max()) + 1
-    slots = max(1, min(int(slots), b))
+    if int(slots) < 1 or s * int(slots) < b:
+        # Fewer than B slots in all: some image would get none (and no class).
+        raise ValueError(f"slots = {slots} offers {s} x {slots} = {s * int(slots)} places for {b} images; "
+                         f"pass slots >= ceil(B / S) = {-(-b // s)} (or None).")
+    slots = min(int(slots), b)
     while True:
         slot_cost = lam * np.arange(slots, dtype=np.float64)   # (slots,) the t-th member costs lam * t
         cost = (-u)[:, :, None] + slot_cost[None, None, :]     # (B, S, slots): [i, k, t]

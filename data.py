@@ -59,6 +59,7 @@ import functools
 import gzip
 import os
 import urllib.request
+import warnings
 import zipfile
 import zlib
 
@@ -545,6 +546,17 @@ def read_idx(path, ndim):
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)  # read-only view
 
 
+def _to_8bit(img, channels):
+    """A PIL image as 8-bit 'L' or 'RGB'. 16-bit (and 32-bit integer) grey images are scaled
+    v -> v / 65535 first: PIL's convert("L") would clip every value above 255 to white."""
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(img, dtype=np.float64)  # (h, w) in 0..65535
+        img = Image.fromarray(np.clip(np.round(a * (255.0 / 65535.0)), 0, 255).astype(np.uint8))
+    return img.convert("L" if channels == 1 else "RGB")
+
+
 @functools.lru_cache(maxsize=4)
 def _pil_bilinear_weights(in_size, out_size):
     """PIL's fixed-point bilinear resampling matrix (out, in), as integers scaled 2^22.
@@ -636,6 +648,9 @@ def _load_idx_dataset(name, split, data_dir, download):
     image_path, label_path = _find_idx(name, split, data_dir, download)
     images = read_idx(image_path, 3)  # (N, 28, 28)
     labels = read_idx(label_path, 1)  # (N,)
+    if len(images) == 0:
+        raise ValueError(f"{image_path} holds no images (its IDX header says 0); delete it and "
+                         f"download it again.")
     if images.shape[1:] != (28, 28):
         raise ValueError(f"{image_path} holds {images.shape[1]} x {images.shape[2]} images, "
                          f"expected 28 x 28; delete it and download it again.")
@@ -674,8 +689,15 @@ def _load_image_folder(split, data_dir, channels):
     images = np.empty((len(files), channels, 64, 64), np.uint8)  # (N, C, 64, 64)
     for i, path in enumerate(files):
         try:
-            with Image.open(path) as img:
-                img = img.convert("L" if channels == 1 else "RGB")
+            with warnings.catch_warnings():
+                # PIL warns above MAX_IMAGE_PIXELS and raises above twice that: a folder of
+                # images for 64x64 training has no business holding either, so both are refused.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    img = _to_8bit(img, channels)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ValueError(f"{path} is too large to be a training image ({_first_line(e)}); "
+                             f"remove it from the folder or resize it.") from None
         except OSError as e:
             raise ValueError(f"{path} is not a readable image ({_first_line(e)}); remove it "
                              f"from the folder.") from None

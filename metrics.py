@@ -157,7 +157,9 @@ def confusion_matrix(pred, labels):
     """Counts C[p, c] = #{i : pred_i = p, labels_i = c}.
 
     pred (N,) and labels (N,) are non-negative integer labels; the result has
-    shape (P, C) = (max(pred) + 1, max(labels) + 1), dtype int64.
+    shape (P, C) = (max(pred) + 1, max(labels) + 1), dtype int64 -- unless the values are so
+    sparse that this matrix would dwarf the data, in which case rows and columns are the
+    distinct values of pred and labels in increasing order (accuracy is unchanged).
     """
     pred = _label_vector(pred, "pred")  # (N,)
     labels = _label_vector(labels, "labels")  # (N,)
@@ -169,6 +171,12 @@ def confusion_matrix(pred, labels):
     if pred.shape[0] == 0:
         raise ValueError("pred and labels are empty; pass at least one labelled example.")
     n_pred, n_lab = int(pred.max()) + 1, int(labels.max()) + 1
+    if n_pred * n_lab > 4 * pred.shape[0] + 10_000:
+        # Sparse label values (e.g. ids in the millions): count over the values that occur,
+        # not over 0..max, so the matrix is (distinct preds, distinct labels).
+        pred = np.unique(pred, return_inverse=True)[1].reshape(-1)
+        labels = np.unique(labels, return_inverse=True)[1].reshape(-1)
+        n_pred, n_lab = int(pred.max()) + 1, int(labels.max()) + 1
     flat = np.bincount(pred * n_lab + labels, minlength=n_pred * n_lab)  # (P*C,)
     return flat.reshape(n_pred, n_lab).astype(np.int64)  # (P, C), row = cluster
 
@@ -661,6 +669,9 @@ def factor_vae_score(codes, factors, kl_per_dim=None, discrete_codes=None, n_vot
     keep = np.ones(dim, dtype=bool)  # (D,)
     if kl_per_dim is not None:
         kl = _to_numpy(kl_per_dim).astype(np.float64).reshape(-1)  # (D,)
+        if not np.isfinite(kl).all():
+            raise ValueError("kl_per_dim has NaN or infinite entries; pass the finite mean KL of each dim "
+                             "(the 0.1-nat pruning rule cannot compare NaN).")
         if kl.shape[0] != dim:
             raise ValueError(
                 f"kl_per_dim has {kl.shape[0]} entries but codes have {dim} dims; pass one per dim."

@@ -377,8 +377,8 @@ def test_smoke_run_on_shapes_writes_every_file(tmp_path):
                                                  + float(r["dwkl"]), rel=1e-4)
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_eval"] == 600 and len(m["kl_per_unit"]) == 10 and m["estimator"] == "mss"
-    for key in ("mig", "mig_4factors", "factor_vae_score"):        # a number, or null with a reason
-        assert (m[key] is not None and 0.0 <= m[key] <= 1.0) or key in m["null_reasons"]
+    for key in ("mig", "mig_4factors", "factor_vae_score"):  # shapes has factors: every metric exists
+        assert m[key] is not None and 0.0 <= m[key] <= 1.0 and key not in m["null_reasons"], key
     dec = m["decomposition"]
     for key in ("mi", "tc", "dwkl", "kl_mc", "kl_analytic", "log_px", "elbo", "mi_se", "tc_se",
                 "dwkl_se", "kl_mc_se", "n_data", "n_samples", "dwkl_per_unit", "elbo_mc"):

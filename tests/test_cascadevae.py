@@ -46,8 +46,9 @@ def test_assign_equals_brute_force(b, s, lam):
         else:
             u = rng.integers(-2, 1, size=(b, s)).astype(float)          # many ties
         best, _ = _brute_force_best(u, lam)
-        # slots=None: the default cap; 1: forces the widening loop; b: the plain (B, S*B) matrix.
-        for slots in (None, 1, b):
+        # slots=None: the default cap; ceil(B/S), the smallest feasible cap: forces the
+        # widening loop; b: the plain (B, S*B) matrix.
+        for slots in (None, -(-b // s), b):
             d = cv.assign(torch.from_numpy(u), lam, slots=slots)
             assert d.dtype == torch.int64 and d.shape == (b,) and int(d.min()) >= 0 and int(d.max()) < s
             assert _objective(u, d.tolist(), lam) == pytest.approx(best, abs=1e-9)
@@ -93,6 +94,52 @@ def test_assign_rejects_negative_lam_and_nan():
         cv.assign(torch.tensor([[0.0, float("nan")]]), 0.1)
 
 
+def test_assign_takes_a_tensor_lam_and_says_what_it_needs():
+    u = torch.tensor([[0.0, -1.0], [0.0, -1.0]])
+    assert cv.assign(u, torch.tensor(0.8)).tolist() == [0, 0]
+    assert sorted(cv.assign(u, torch.tensor([1.2], dtype=torch.float64)).tolist()) == [0, 1]
+    with pytest.raises(ValueError, match="one number"):
+        cv.assign(u, torch.tensor([0.1, 0.2]))
+    with pytest.raises(ValueError, match="one number"):
+        cv.assign(u, "a lot")
+
+
+def test_assign_with_too_few_slots_is_a_value_error():
+    # S * slots < B leaves images without a slot: refused, never read from uninitialised memory.
+    with pytest.raises(ValueError, match=r"pass slots >= ceil\(B / S\) = 3"):
+        cv.assign(torch.zeros(5, 2), 0.1, slots=2)
+    with pytest.raises(ValueError, match="slots"):
+        cv.assign(torch.zeros(5, 2), 0.1, slots=0)
+
+
+def test_assign_is_exact_in_a_process_with_a_dirty_heap():
+    # Fill and free many arrays first, so an uninitialised np.empty would hold garbage;
+    # then every feasible slot cap must still give the brute-force optimum.
+    code = """
+import itertools, numpy as np, torch, cascadevae as cv
+junk = [np.full(n, 7 * 10**17, dtype=np.int64) for n in range(1, 400) for _ in range(3)]
+del junk
+rng = np.random.default_rng(0)
+for trial in range(200):
+    b, s = int(rng.integers(1, 7)), int(rng.integers(2, 4))
+    u, lam = rng.normal(size=(b, s)), float(rng.choice([0.0, 0.3, 5.0]))
+    best = max(sum(u[i, d[i]] for i in range(b)) - lam * sum(d.count(k) * (d.count(k) - 1) / 2 for k in range(s))
+               for d in map(list, itertools.product(range(s), repeat=b)))
+    for slots in (None, -(-b // s), b):
+        d = cv.assign(u, lam, slots=slots).tolist()
+        assert all(0 <= k < s for k in d), d
+        got = sum(u[i, d[i]] for i in range(b)) - lam * sum(d.count(k) * (d.count(k) - 1) / 2 for k in range(s))
+        assert abs(got - best) < 1e-9, (got, best)
+print("ok")
+"""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
 # --------------------------------------------------------------------------- cascade schedule
 
 
@@ -117,6 +164,20 @@ def test_cascade_betas_code_schedule():
     assert cv.relieved_dims(1, 10, 10000, 0, "code") == 0            # MNIST t_d = 0: pause from the start
     with pytest.raises(ValueError, match="schedule"):
         cv.relieved_dims(1, 6, 10, 0, schedule="nope")
+
+
+def test_cascadevae_c_code_schedule_never_pauses_at_t_d():
+    # The authors' CascadeVAE-C has no discrete step: one more dim every r updates until
+    # all m are relieved, whatever --t-d says (the pause used to start at t = t_d + 1).
+    base = cv.make_config(["--dataset", "shapes", "--cont", "10", "--schedule", "code", "--t-d", "80000"])
+    cfg_c = cv.make_config(["--dataset", "shapes", "--cont", "10", "--schedule", "code", "--t-d", "80000",
+                            "--no-discrete"])
+    r = cfg_c["r"]
+    for t in (1, r, r + 1, 80000, 80001, 80758, 100000, 100001, 180001, 300000):
+        n_c = int((cv.betas_at(cfg_c, t) == cfg_c["beta_l"]).sum())
+        assert n_c == min(-(-t // r), 10), t                          # ceil(t / r), no pause
+    assert int((cv.betas_at(base, 80758) == base["beta_l"]).sum()) == 4  # with d: the pause holds
+    assert int((cv.betas_at(cfg_c, 80758) == cfg_c["beta_l"]).sum()) == 5
 
 
 # --------------------------------------------------------------------------- loss terms, Lemma 1
@@ -289,9 +350,13 @@ def test_smoke_run_on_shapes_writes_every_file(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_eval"] == 300 and len(m["kl_per_unit"]) == 6 and sum(m["discrete_counts"]) == 300
     assert len(m["discrete_counts"]) == 3 and 0.0 <= m["h_d_eval"] <= math.log(3) + 1e-9
-    assert 0.0 <= m["accuracy_hungarian"] <= m["accuracy_majority"] <= 1.0
-    for key in ("mig", "mig_4factors", "factor_vae_score"):              # a number, or null with a reason
-        assert (m[key] is not None and 0.0 <= m[key] <= 1.0) or key in m["null_reasons"]
+    # Three shapes, three codes: the best one-to-one map matches at least a third (pigeonhole),
+    # and an accuracy is a count of the evaluated images.
+    assert 1 / 3 - 1e-9 <= m["accuracy_hungarian"] <= m["accuracy_majority"] <= 1.0
+    for key in ("accuracy_hungarian", "accuracy_majority"):
+        assert abs(m[key] * m["n_eval"] - round(m[key] * m["n_eval"])) < 1e-6
+    for key in ("mig", "mig_4factors", "factor_vae_score"):  # shapes has factors: every metric exists
+        assert m[key] is not None and 0.0 <= m[key] <= 1.0 and key not in m["null_reasons"], key
     assert m["recon_eval"] > 0 and res["dataset"] == "shapes"
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["objective"].startswith("CascadeVAE (") and cfg["iterations_total"] == 20

@@ -427,3 +427,24 @@ def test_bad_input_raises_one_clear_value_error():
         metrics.mig(codes, grid, method="kde")
     with pytest.raises(ValueError, match="single value"):
         metrics.grid_votes((3, 1, 4), 10, 5, 0)
+
+
+def test_factor_vae_score_rejects_nan_kl_per_dim():
+    rng = np.random.default_rng(0)
+    factors = np.stack([rng.integers(0, 3, 200), rng.integers(0, 4, 200)], axis=1)  # (N, 2)
+    codes = rng.normal(size=(200, 3))
+    with pytest.raises(ValueError, match="kl_per_dim has NaN"):
+        metrics.factor_vae_score(codes, factors, kl_per_dim=[0.5, float("nan"), 0.3], n_votes=10)
+
+
+def test_cluster_accuracy_with_huge_label_values_stays_small():
+    import tracemalloc
+    pred = np.array([7, 7, 10**9, 10**9, 5])
+    labels = np.array([3 * 10**8, 3 * 10**8, 2, 2, 2])
+    tracemalloc.start()
+    acc = metrics.cluster_accuracy(pred, labels)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert acc == pytest.approx(4 / 5) and peak < 10**7         # a (1e9)^2 matrix would not fit
+    assert metrics.cluster_accuracy(pred, labels, mapping="majority") == pytest.approx(1.0)
+    assert metrics.confusion_matrix(pred, labels).shape == (3, 2)

@@ -57,6 +57,19 @@ def test_unsupported_size_is_one_clear_sentence(size):
 
 def test_device_flag():
     assert nets.to_device("cpu").type == "cpu"
-    assert nets.to_device("auto").type in ("cpu", "cuda", "mps")
+    assert nets.to_device("auto").type == ("cuda" if torch.cuda.is_available() else
+                                           "mps" if torch.backends.mps.is_available() else "cpu")
+
+
+def test_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert nets.to_device("auto").type == "cpu"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert nets.to_device("auto").type == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert nets.to_device("auto").type == "cuda"
+    with pytest.raises(ValueError, match="cannot train"):
+        nets.to_device("meta")
     with pytest.raises(ValueError, match="unknown device"):
         nets.to_device("tpu7")

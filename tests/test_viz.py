@@ -31,6 +31,29 @@ def test_pngs_are_written(tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, name
 
 
+def _png(path):
+    import matplotlib.image as mpimg
+    a = mpimg.imread(str(path))  # (H, W, 4) floats in [0, 1]
+    return a[..., :3].mean(axis=2)  # (H, W) grey
+
+
+def test_image_grid_draws_the_images_where_they_belong(tmp_path):
+    # Six 8x8 tiles, 3 per row, all white except tile 4 (row 1, column 1), which is black.
+    imgs = torch.ones(6, 1, 8, 8)
+    imgs[4] = 0.0
+    viz.save_image_grid(imgs, str(tmp_path / "g.png"), nrow=3)
+    g = _png(tmp_path / "g.png")
+    dark = np.argwhere(g < 0.2)                                 # the black tile
+    assert len(dark) > 0
+    (r0, c0), (r1, c1) = dark.min(axis=0), dark.max(axis=0)
+    assert (r1 - r0 + 1) / (c1 - c0 + 1) == pytest.approx(1.0, abs=0.15)  # square
+    assert len(dark) == pytest.approx((r1 - r0 + 1) * (c1 - c0 + 1), rel=0.05)  # filled
+    # Row 1, column 1: one tile's height of (white) tiles above it, one tile's width on each side.
+    h_tile = r1 - r0 + 1
+    assert r0 > h_tile * 0.9
+    assert c0 > h_tile * 0.9 and (g.shape[1] - c1) > h_tile * 0.9
+
+
 def test_read_log_roundtrip(tmp_path):
     path = tmp_path / "log.csv"
     path.write_text("step,loss\n10,1.5\n20,\n")
