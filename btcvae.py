@@ -26,7 +26,7 @@ Equation -> code
     eq. 3 over the whole data set (the authors' elbo_decomposition.py idea):
             exact q(z) = (1/N) sum_n q(z|n) ......... log_aggregate_posterior, elbo_decomposition
     eq. 6-7, supp. A.1-A.2 MIG, sampling estimator ......... metrics.mig, evaluate
-    Table 2 dSprites MIG over scale, rotation, posX, posY (shape = noise) evaluate "mig_4factors"
+    Table 2 dSprites MIG over scale, rotation, posX, posY (shape = noise) metrics.factor_scores: `mig`
     Fig. 6  traversals over (-2, 2) .................................. save_figures
     supp. D / Fig. S4 mean latent against each factor, one line per shape  save_figures
     supp. H hyperparameters; H.1 architectures ....................... PRESETS, --arch
@@ -61,11 +61,16 @@ Why the minibatch estimators need care, and the pitfalls this file avoids:
     constants); the MI, TC and dimension-wise KL to report are the full-data ones in
     metrics.json.
 
-DEVIATION: architecture. The default is the repository's shared convolutional net
-    (nets.py: Dupont 2018 App. B), so the three methods differ only in their
-    objective and their numbers can be compared. The paper used an MLP for dSprites
-    (supp. H.1: 4096-1200-1200-2D encoder, D-1200-1200-1200-4096 tanh decoder; offered as
-    `--arch mlp`) and a BatchNorm conv net (not offered) for 3D faces, chairs and CelebA.
+NOTE: architecture. dSprites (and `shapes`) default to the paper's MLP (supp. H.1:
+    4096-1200-1200-2D ReLU encoder, D-1200-1200-1200-4096 tanh decoder), as the authors'
+    code does; `--arch conv` trains the repository's shared convolutional net (nets.py,
+    Dupont 2018 App. B) instead, so that the three methods can be compared on one net.
+DEVIATION: for the image-folder data sets (3D faces, chairs, CelebA) supp. H.1 uses
+    convolutional nets with BatchNorm; they are not offered: those data sets run the shared
+    conv net (no BatchNorm), because BatchNorm makes q(z|x) depend on the other images of
+    the batch, which the minibatch estimators of eq. S4 / S6 assume it does not (each
+    q(z|n_j) is evaluated at every z_i of the batch), and because none of those data sets
+    is available offline to check a re-implementation against the paper's figures.
 DEVIATION: the decoder outputs logits and the Bernoulli log-likelihood is
     `binary_cross_entropy_with_logits` (the paper: sigmoid mean + Bernoulli); the same
     value, numerically stable (nets.py).
@@ -131,7 +136,7 @@ PRESETS = {
         epochs=50,                         # vae_quant.py default --num-epochs 50 = 18,000 updates
         alpha=1.0, beta=6.0, gamma=1.0,    # sec. 3.2.1 alpha = gamma = 1; Fig. 3 beta = 6
         estimator="mws",                   # sec. 3.2 / supp. B.1 (MSS "performs similarly", Fig. S1)
-        arch="conv",                       # paper: MLP (supp. H.1), `--arch mlp`; see DEVIATION
+        arch="mlp",                        # supp. H.1: the dSprites MLP (`--arch conv`: nets.py's conv net)
     ),
     "faces": dict(                         # 3D faces (a folder of 64x64 grey renders)
         cont=10, lr=1e-3, batch_size=2048, # supp. H: batch 2048 (3D faces); D: vae_quant.py default
@@ -185,74 +190,55 @@ DEFAULTS = dict(
     log_every=100, save_every=1000, eval_samples=None, eval_batch_size=512, metric_votes=800,
     decomp_samples=10000, eval_only=False, checkpoint=None, resume=None, no_eval=False,
     no_progress=False, time_budget=None, overwrite=False, force_resume=False,
+    pretrained=False, weights_dir=None,
 )
 
 
-def build_parser():
+# Where the presets' values come from (shown by --help).
+PRESET_SOURCES = {"lr": "supp. H", "batch_size": "supp. H", "alpha": "sec. 3.2.1", "gamma": "sec. 3.2.1",
+                  "beta": "Fig. 3 (CelebA: supp. I.2)", "estimator": "supp. B.1", "arch": "supp. H.1",
+                  "cont": "authors' vae_quant.py default", "epochs": "authors' vae_quant.py default"}
+
+
+def build_parser(dataset="shapes"):
     p = argparse.ArgumentParser(
         prog="btcvae.py",
-        description="beta-TCVAE (Chen et al. 2018): train or evaluate. Defaults are the paper's "
-                    "supp. H preset for --dataset; flags override.",
+        description="beta-TCVAE (Chen et al. 2018): train or evaluate. Defaults shown are the "
+                    f"preset for --dataset {dataset} (supp. H where the paper gives them); flags override.",
         argument_default=argparse.SUPPRESS,  # so we know which flags the user set
     )
     p.add_argument("--dataset", choices=sorted(DATA_SOURCES), help="selects data and preset (default shapes)")
-    p.add_argument("--data-dir", help="data folder (torchvision layout), or the image folder for faces/chairs/celeba (default ./data)")
-    p.add_argument("--no-download", dest="download", action="store_false", help="never try to download")
-    p.add_argument("--train-split", choices=["train", "test"], help="split to train on (and to decompose eq. 3 over)")
-    p.add_argument("--eval-split", choices=["train", "test"], help="split for MIG, FactorVAE score and figures")
     p.add_argument("--cont", type=int, help="number of latent units D")
-    p.add_argument("--arch", choices=["conv", "mlp"], help="conv: the shared nets.py network (default); mlp: supp. H.1")
-    p.add_argument("--estimator", choices=["mws", "mss"], help="log q(z) from the batch: supp. B.1 (mws, default) or B.2 (mss)")
-    p.add_argument("--alpha", type=float, help="weight of the index-code MI in eq. 5 (default 1)")
-    p.add_argument("--beta", type=float, help="weight of the total correlation in eq. 5 (default 6)")
-    p.add_argument("--gamma", type=float, help="weight of the dimension-wise KL in eq. 5 (default 1)")
+    p.add_argument("--arch", choices=["conv", "mlp"], help="conv: the shared nets.py network; mlp: supp. H.1")
+    p.add_argument("--estimator", choices=["mws", "mss"], help="log q(z) from the batch: supp. B.1 (mws) or B.2 (mss)")
+    p.add_argument("--alpha", type=float, help="weight of the index-code MI in eq. 5")
+    p.add_argument("--beta", type=float, help="weight of the total correlation in eq. 5")
+    p.add_argument("--gamma", type=float, help="weight of the dimension-wise KL in eq. 5")
     p.add_argument("--beta-vae", type=float, metavar="B", help="baseline: beta-VAE eq. 2 = eq. 5 with alpha = beta = gamma = B")
     p.add_argument("--lr", type=float, help="Adam learning rate")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="images per update")
     p.add_argument("--epochs", type=float, help="training length in epochs")
     p.add_argument("--iterations", type=int, help="training length in updates (overrides --epochs)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--out", help="run folder (default runs/btcvae-<dataset>-s<seed>)")
-    p.add_argument("--log-every", type=int, help="iterations between log.csv rows")
-    p.add_argument("--save-every", type=int, help="iterations between checkpoints")
-    p.add_argument("--eval-samples", type=int, help="evaluate (and decompose) a random subset of this many images (default all)")
-    p.add_argument("--eval-batch-size", type=int)
-    p.add_argument("--metric-votes", type=int, help="votes of the FactorVAE score (default 800, Jeong & Song supp. C)")
     p.add_argument("--decomp-samples", type=int, help="z samples of the full-data decomposition, each scored "
-                                                      "against all N posteriors (default 10000; 0 skips it)")
-    p.add_argument("--no-eval", action="store_true", help="skip evaluation after training")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint, no training")
-    p.add_argument("--checkpoint", help="btcvae.py checkpoint (or run folder) to evaluate")
-    p.add_argument("--resume", help="run folder (or its checkpoint.pt) to continue training in, exactly")
-    p.add_argument("--force-resume", action="store_true",
-                   help="with --resume: apply flags that change the model, data or objective (recorded in the log)")
-    p.add_argument("--overwrite", action="store_true", help="start a new run in an --out that holds one (deletes it)")
-    p.add_argument("--time-budget", type=float, metavar="MINUTES",
-                   help="stop after MINUTES with a checkpoint; continue with the same command and --resume")
+                                                      "against all N posteriors (0 skips it)")
+    runs.add_run_flags(p, "btcvae", "data folder (torchvision layout), or the image folder for faces/chairs/celeba")
+    if dataset in PRESETS:  # an unknown --dataset is reported by the parser itself
+        runs.show_defaults(p, DEFAULTS, PRESETS[dataset], lambda key: PRESET_SOURCES.get(key, "ours (see PRESETS)"))
     return p
 
 
 def _normalize(cfg):
     """Fill what the flags leave open (in place): splits, run folder, beta-VAE weights."""
-    for key, value in DEFAULTS.items():
-        cfg.setdefault(key, value)
+    runs.normalize(cfg, DEFAULTS, DATA_SOURCES, "btcvae")
     if cfg.get("beta_vae") is not None:
         cfg["alpha"] = cfg["beta"] = cfg["gamma"] = float(cfg["beta_vae"])
-    source = DATA_SOURCES[cfg["dataset"]]
-    cfg["train_split"] = cfg.get("train_split") or source["train_split"]
-    cfg["eval_split"] = cfg.get("eval_split") or source["eval_split"]
-    if cfg.get("out") is None:
-        tag = "eval" if cfg["eval_only"] else f"s{cfg['seed']}"
-        cfg["out"] = os.path.join("runs", f"btcvae-{cfg['dataset']}-{tag}")
     return cfg
 
 
 def make_config(argv=None):
     """Merge DEFAULTS <- PRESETS[dataset] <- explicit flags; on --resume, the run's own
     config <- the flags that only change how it goes on (runs.merge_resume)."""
-    explicit = vars(build_parser().parse_args(argv))
+    explicit = vars(build_parser(runs.dataset_of(argv, DEFAULTS["dataset"])).parse_args(argv))
     if explicit.get("beta_vae") is not None:
         set_here = [f"--{k}" for k in ("alpha", "beta", "gamma") if k in explicit]
         if set_here:
@@ -264,6 +250,7 @@ def make_config(argv=None):
         dataset = explicit.get("dataset", cfg["dataset"])
         cfg.update(PRESETS[dataset])
         cfg.update(explicit)
+        runs.use_pretrained(cfg, "btcvae", "betavae" if cfg.get("beta_vae") is not None else None)
         _normalize(cfg)
     validate_config(cfg)
     return cfg
@@ -271,11 +258,7 @@ def make_config(argv=None):
 
 def validate_config(cfg):
     """One ValueError sentence per bad flag combination."""
-    runs.check_finite_flags(cfg, ("alpha", "beta", "gamma", "beta_vae", "lr", "epochs", "time_budget"))
-    if cfg["time_budget"] is not None and cfg["time_budget"] <= 0:
-        raise ValueError(f"--time-budget {cfg['time_budget']}: give the minutes a slice may run (> 0).")
-    if cfg["seed"] < 0:
-        raise ValueError(f"--seed {cfg['seed']}: seeds are integers >= 0.")
+    runs.validate_run_flags(cfg, ('alpha', 'beta', 'gamma', 'beta_vae'))
     if cfg["cont"] < 1:
         raise ValueError(f"--cont {cfg['cont']}: need at least one latent unit.")
     if cfg.get("beta_vae") is not None and cfg["beta_vae"] < 0:
@@ -283,22 +266,10 @@ def validate_config(cfg):
     for name in ("alpha", "beta", "gamma"):
         if cfg[name] < 0:
             raise ValueError(f"--{name} {cfg[name]} is negative; eq. 5 penalises each term with a weight >= 0.")
-    if cfg["lr"] <= 0 or cfg["batch_size"] < 1:
-        raise ValueError("--lr must be > 0 and --batch-size >= 1.")
     if cfg["estimator"] == "mss" and cfg["batch_size"] < 2:
         raise ValueError("--estimator mss needs --batch-size >= 2: eq. S6 weighs the other M = B - 1 samples.")
-    if cfg["iterations"] is not None and cfg["iterations"] < 0:
-        raise ValueError("--iterations must be >= 0.")
-    if cfg["epochs"] is not None and cfg["epochs"] < 0:
-        raise ValueError("--epochs must be >= 0.")
-    if cfg["log_every"] < 1 or cfg["save_every"] < 1:
-        raise ValueError("--log-every and --save-every must be >= 1.")
-    if cfg["eval_samples"] is not None and cfg["eval_samples"] < 1:
-        raise ValueError("--eval-samples must be >= 1.")
     if cfg["decomp_samples"] < 0:
         raise ValueError("--decomp-samples must be >= 0 (0 skips the full-data decomposition).")
-    if cfg["eval_only"] and not cfg.get("checkpoint"):
-        raise ValueError("--eval-only needs --checkpoint PATH (a btcvae.py checkpoint or run folder).")
 
 
 def objective_name(cfg):
@@ -535,15 +506,10 @@ def train(cfg, device, argv=()):
           f"({len(ds)} images {ds.image_size}), {total} iterations, {nets.count_parameters(model)} "
           f"parameters ({cfg['arch']}), device {device}")
 
-    ckpt_path = os.path.join(out, "checkpoint.pt")
-    log_file, writer = runs.open_log(out, log_columns(cfg), step, cfg.get("resume_changes"))
-    progress = runs.progress(total, step, cfg["no_progress"])
-    budget = runs.TimeBudget(cfg["time_budget"])
+    log = runs.TrainLog(cfg, log_columns(cfg), step, total, device, window, "btcvae", argv)
     stream = data.batches(ds, cfg["batch_size"], seed=cfg["seed"], start_step=step)
     model.train()
-    window = runs.LogWindow(device, window)  # sums since the last log row, kept across a resume
     finite = torch.ones((), dtype=torch.bool, device=device)
-    t_start, start_step, stopped = time.perf_counter(), step, False
     try:
         while step < total:
             _, x = next(stream)                               # (B, C, H, W) in [0, 1]
@@ -556,40 +522,22 @@ def train(cfg, device, argv=()):
             terms["loss"].backward()
             optimizer.step()
             # Accumulate on the device; the host reads them once per --log-every.
-            window.add(torch.cat([torch.stack([terms[k].detach() for k in ("loss", "recon", "mi", "tc", "dwkl", "kl")]),
-                                  terms["kl_units"].detach()]))    # (6 + D,)
+            log.add(torch.cat([torch.stack([terms[k].detach() for k in ("loss", "recon", "mi", "tc", "dwkl", "kl")]),
+                               terms["kl_units"].detach()]))    # (6 + D,)
             finite &= torch.isfinite(terms["loss"].detach())
-            if step % cfg["log_every"] == 0 or step == total:
+            if log.due(step):
                 if not bool(finite):
                     raise FloatingPointError(step)
-                n_rows = window.n
-                values, _, seconds = window.read()
-                writer.writerow([step] + [f"{v:.6g}" for v in values]
-                                + [f"{seconds:.3f}", f"{n_rows * x.shape[0] / seconds:.1f}"])
-                log_file.flush()
-                progress.set_postfix(loss=f"{values[0]:.1f}", recon=f"{values[1]:.1f}", tc=f"{values[3]:.2f}",
-                                     kl=f"{values[5]:.2f}", refresh=False)
-                if start_step is not None:  # once, after the first log interval
-                    print(runs.eta_line(step, total, (time.perf_counter() - t_start) / (step - start_step)))
-                    start_step = None
-            progress.update(1)
-            stopped = step < total and budget.expired()
-            if step % cfg["save_every"] == 0 or step == total or stopped:
-                if not bool(finite):
-                    raise FloatingPointError(step)
-                runs.save_checkpoint(ckpt_path, model, optimizer, step, cfg, "btcvae", window.state())
-            if stopped:
+                values, _ = log.read()
+                log.write(step, values, x.shape[0], loss=values[0], recon=values[1], tc=values[3], kl=values[5])
+            if log.end_step(step, model, optimizer, finite):
                 break
     except FloatingPointError:
-        raise FloatingPointError(runs.nan_message(step, ckpt_path, cfg["save_every"],
+        raise FloatingPointError(runs.nan_message(step, log.ckpt_path, cfg["save_every"],
                                                   "lower --lr or --beta, or check the input data")) from None
     finally:
-        budget.close()
-        progress.close()
-        log_file.close()
-    if stopped:
-        print(runs.paused_message(cfg, step, total, "btcvae.py", argv, budget), flush=True)
-    return model, step, cfg, not stopped
+        log.close()
+    return model, step, cfg, log.finish(step)
 
 
 # ---------------------------------------------------------------------------
@@ -735,15 +683,6 @@ def encode_dataset(model, ds, indices, device, batch_size=512):
     return torch.cat(mus), torch.cat(logvars)               # (N, D), (N, D)
 
 
-def _try(metric_name, fn, reasons):
-    """Run one metric; a metric the data cannot support becomes null with its reason."""
-    try:
-        return fn()
-    except ValueError as err:
-        reasons[metric_name] = str(err)
-        return None
-
-
 @torch.no_grad()
 def evaluate(model, cfg, device, step, log_path=None):
     """Encode the evaluation split (or a subset), decompose eq. 3 over the training set
@@ -751,9 +690,8 @@ def evaluate(model, cfg, device, step, log_path=None):
     out = cfg["out"]
     os.makedirs(out, exist_ok=True)
     ds = load_dataset(cfg, cfg["eval_split"])
-    g = torch.Generator().manual_seed(cfg["seed"] + 1)
-    n = len(ds) if cfg["eval_samples"] is None else min(cfg["eval_samples"], len(ds))
-    indices = torch.randperm(len(ds), generator=g)[:n] if n < len(ds) else torch.arange(len(ds))  # (N,)
+    indices = metrics.eval_indices(len(ds), cfg["eval_samples"], cfg["seed"])  # (N,)
+    n = len(indices)
     t0 = time.perf_counter()
     mu, logvar = encode_dataset(model, ds, indices, device, cfg["eval_batch_size"])
     reasons = {}
@@ -765,21 +703,12 @@ def evaluate(model, cfg, device, step, log_path=None):
     res["active_units"] = int(np.sum(kl_units >= metrics.PRUNE_THRESHOLD))
     res["recon_eval"] = _eval_recon(model, ds, indices[:min(n, 2048)], device, cfg["eval_batch_size"])
 
-    mig_all = None
-    if ds.factors is not None:
-        factors = ds.factors[indices]                               # (N, K)
-        mig_all = _try("mig", lambda: metrics.mig(mu, factors, logvar=logvar, seed=cfg["seed"]), reasons)
-        res["mig"] = None if mig_all is None else mig_all["mig"]
-        if len(ds.factor_names) == 5 and ds.factor_names[0] == "shape":
-            # Table 2 / sec. 6.1: dSprites is scored on scale, rotation, posX, posY; shape is noise.
-            res["mig_4factors"] = _try("mig_4factors", lambda: metrics.mig(
-                mu, factors, logvar=logvar, factor_subset=[1, 2, 3, 4], seed=cfg["seed"])["mig"], reasons)
-        res["factor_vae_score"] = _try("factor_vae_score", lambda: _factor_vae(
-            model, ds, mu, factors, kl_units, cfg, device), reasons)
-    else:
-        for key in ("mig", "factor_vae_score"):
-            res[key] = None
-            reasons[key] = "no ground-truth factors for this data set"
+    def encode(idx):  # FactorVAE vote images, in large no-grad batches
+        return encode_dataset(model, ds, idx, device, 4 * cfg["eval_batch_size"])[0], None
+
+    scores, mig_all = metrics.factor_scores(ds, indices, mu, logvar, kl_units, encode, cfg["metric_votes"],
+                                            cfg["seed"], reasons)
+    res.update(scores)
 
     if cfg["decomp_samples"] > 0:
         res["decomposition"] = _decompose(model, cfg, device, ds, indices, mu, logvar)
@@ -838,20 +767,6 @@ def _eval_recon(model, ds, indices, device, batch_size):
     return total / max(len(indices), 1)  # nats per image, summed over pixels, z = posterior mean
 
 
-def _factor_vae(model, ds, mu, factors, kl_units, cfg, device):
-    """Kim & Mnih score in the form of Jeong & Song supp. C (pruning, per-dim variance
-    normalisation over the evaluated codes). On a full factor grid (shapes, dsprites)
-    each vote's L = 100 images with one factor fixed are drawn from the grid and encoded,
-    so the score does not depend on --eval-samples beyond the normalising variances."""
-    kw = dict(kl_per_dim=kl_units, n_votes=cfg["metric_votes"], seed=cfg["seed"])
-    if ds.factor_sizes is not None and len(ds) == int(np.prod(ds.factor_sizes)):
-        vote_factor, vote_idx = metrics.grid_votes(ds.factor_sizes, cfg["metric_votes"], 100, cfg["seed"])
-        m, l = vote_idx.shape                                             # (M, L)
-        v_mu, _ = encode_dataset(model, ds, vote_idx.reshape(-1), device, cfg["eval_batch_size"])
-        kw["votes"] = dict(factor=vote_factor, codes=v_mu.reshape(m, l, -1))  # codes (M, L, D)
-    return metrics.factor_vae_score(mu, factors, **kw)["score"]
-
-
 def save_figures(model, cfg, ds, indices, mu, kl_units, mig_res, device, log_path=None, decomposition=None):
     """Reconstructions, prior samples, traversals over (-2, 2) ranked by KL (Fig. 6), the
     MI matrix behind MIG, mean latent against each factor (supp. D, Fig. S4) and the
@@ -860,91 +775,42 @@ def save_figures(model, cfg, ds, indices, mu, kl_units, mig_res, device, log_pat
     model.eval()
     decode = lambda latent: torch.sigmoid(model.decode(latent.to(device))).cpu()  # noqa: E731
     x = ds.batch(indices[:8]).to(device)                                            # (8, C, H, W)
-    recon = torch.sigmoid(model(x)["x_logits"]).cpu()
-    viz.save_image_grid(torch.cat([x.cpu(), recon]), os.path.join(out, "reconstructions.png"), nrow=8,
-                        row_labels=["data", "recon"], title="top: data, bottom: reconstruction (z = mean)")
+    viz.save_reconstructions(x, torch.sigmoid(model(x)["x_logits"]), os.path.join(out, "reconstructions.png"),
+                             title="top: data, bottom: reconstruction (z = mean)")
     d, n_cols = cfg["cont"], 10
     g = torch.Generator().manual_seed(cfg["seed"])
     z = torch.randn(4, n_cols, d, generator=g)                                      # (4, cols, D) ~ p(z)
     viz.save_traversal(decode, z, os.path.join(out, "samples.png"), title="decoder means of z ~ N(0, I)")
     # Fig. 6: one unit at a time over (-2, 2), the others at the prior mean; rows ranked by KL.
-    order = np.argsort(-np.asarray(kl_units))
-    values = torch.linspace(-2.0, 2.0, n_cols)                                      # (cols,)
-    rows = []
-    for j in order:
-        lat = torch.zeros(n_cols, d)                                                # (cols, D)
-        lat[:, j] = values
-        rows.append(lat)
-    viz.save_traversal(decode, torch.stack(rows), os.path.join(out, "traversals.png"),
-                       row_labels=[f"z{j}: {kl_units[j]:.2f} nats" for j in order],
+    rows, labels = viz.unit_traversals(torch.linspace(-2.0, 2.0, n_cols), kl_units)  # (D, cols, D)
+    viz.save_traversal(decode, rows, os.path.join(out, "traversals.png"), row_labels=labels,
                        title=f"z_j from -2 to 2 in {n_cols} steps, others 0; rows ranked by KL (Fig. 6)")
     if mig_res is not None:
         names = [ds.factor_names[k] for k in mig_res["factors"]]
+        headline = (f"MIG (scale, rotation, posX, posY) = {np.mean(mig_res['gaps'][1:]):.3f}"
+                    if metrics.is_dsprites_grid(ds) else f"MIG = {mig_res['mig']:.3f}")
         viz.save_matrix(mig_res["mi_normalized"], os.path.join(out, "mig_matrix.png"), xlabel="factor v_k",
-                        ylabel="latent z_j", title=f"I(z_j; v_k) / H(v_k), MIG = {mig_res['mig']:.3f} (eq. 7)",
+                        ylabel="latent z_j", title=f"I(z_j; v_k) / H(v_k), {headline} (eq. 7)",
                         xticklabels=names, yticklabels=mig_res["latents"], fmt=".2f")
-    if ds.factors is not None and ds.factor_names and ds.factor_names[0] == "shape":
-        _save_latent_vs_factor(mu, ds.factors[indices], ds.factor_names, ds.factor_sizes,
-                               os.path.join(out, "latent_vs_factor.png"))
-    if log_path and os.path.exists(log_path):
-        log = viz.read_log(log_path)
-        if len(log.get("step", [])) > 0:
-            # eq. S4 = log (1/B) sum_j q(z_i|n_j) - log N: MWS is the batch's own decomposition
-            # (the batch as the whole data set) plus the constants log N, (D-1) log N, -D log N,
-            # which would flatten the plot; MSS (eq. S6) needs no such shift.
-            ln = math.log(cfg["train_size"]) if cfg["estimator"] == "mws" else 0.0
-            curves = {"index-code MI": log["mi"] - ln, "total correlation": log["tc"] - (d - 1) * ln,
-                      "dimension-wise KL": log["dwkl"] + d * ln, "KL (closed form)": log["kl"]}
-            hl = None
-            if decomposition:
-                hl = {f"full data: {name} {decomposition[key]:.2f}": decomposition[key]
-                      for name, key in (("MI", "mi"), ("TC", "tc"), ("dwKL", "dwkl"))}
-            shifted = " minus log N, (D-1) log N, -D log N" if ln else ""
-            viz.plot_curves(curves, os.path.join(out, "decomposition_during_training.png"), x=log["step"],
-                            ylabel="nats, batch mean", hlines=hl,
-                            title=f"eq. 3 terms, {cfg['estimator'].upper()} batch estimates{shifted}")
-            viz.plot_curves({f"z{j}": log[f"kl_z{j}"] for j in range(d)},
-                            os.path.join(out, "kl_during_training.png"), x=log["step"],
-                            ylabel="KL (nats), batch mean", title="KL per unit during training")
-            viz.plot_curves({"loss": log["loss"], "recon": log["recon"]}, os.path.join(out, "loss.png"),
-                            x=log["step"], ylabel="nats per image", title="training loss", logy=True)
-
-
-# Chen et al.'s plot_latent_vs_true.py calls a unit active when Var_x E[z_j|x] > 0.01.
-ACTIVE_VARIANCE = 1e-2
-
-
-def _save_latent_vs_factor(mu, factors, factor_names, factor_sizes, path):
-    """supp. D / Fig. S4: for each factor (rows) and active unit (columns), the mean of
-    E[z_j|x] over the images with that factor value, one line per shape.
-
-    mu (N, D) posterior means; factors (N, 5) in dSprites order (shape first). Means are
-    over the evaluated images, so a subset (--eval-samples) gives noisier lines.
-    """
-    mu = mu.double()
-    active = torch.nonzero(mu.var(dim=0) > ACTIVE_VARIANCE).flatten().tolist()
-    title = "mean latent vs factor value, one line per shape (supp. D, Fig. S4)"
-    if not active:  # an untrained or collapsed model: show the most variable units, say so
-        active = torch.argsort(mu.var(dim=0), descending=True)[:3].tolist()
-        title = f"no unit has Var E[z|x] > {ACTIVE_VARIANCE:g}, the 3 most variable shown; " + title
-    rows = list(range(1, len(factor_names)))                    # every factor but shape
-    panels = []                                                 # [factor][unit] -> one (x, y) per shape
-    for k in rows:
-        size = factor_sizes[k]
-        panels.append([[] for _ in active])
-        for s in range(factor_sizes[0]):
-            sel = factors[:, 0] == s                             # (N,) images of shape s
-            idx = factors[sel, k]                                # (N_s,) their value of factor k
-            count = torch.bincount(idx, minlength=size).double()  # (V,)
-            for c, j in enumerate(active):
-                total = torch.zeros(size, dtype=torch.float64).index_add_(0, idx, mu[sel, j])  # (V,)
-                mean = (total / count.clamp_min(1)).numpy()      # (V,) E[z_j | v_k, shape s]
-                mean[count.numpy() == 0] = np.nan
-                panels[-1][c].append((np.arange(size), mean))
-    viz.save_line_grid(panels, path, row_labels=[factor_names[k] for k in rows],
-                       col_labels=[f"z{j}" for j in active],
-                       series_labels=[data.SHAPE_NAMES[s] for s in range(factor_sizes[0])], title=title)
-    return path
+    if metrics.is_dsprites_grid(ds):
+        viz.save_latent_vs_factor(mu, ds.factors[indices], ds.factor_names, ds.factor_sizes,
+                                  os.path.join(out, "latent_vs_factor.png"), data.SHAPE_NAMES)
+    log = viz.save_log_figures(log_path, out, "KL per unit during training")
+    if log is not None:
+        # eq. S4 = log (1/B) sum_j q(z_i|n_j) - log N: MWS is the batch's own decomposition
+        # (the batch as the whole data set) plus the constants log N, (D-1) log N, -D log N,
+        # which would flatten the plot; MSS (eq. S6) needs no such shift.
+        ln = math.log(cfg["train_size"]) if cfg["estimator"] == "mws" else 0.0
+        curves = {"index-code MI": log["mi"] - ln, "total correlation": log["tc"] - (d - 1) * ln,
+                  "dimension-wise KL": log["dwkl"] + d * ln, "KL (closed form)": log["kl"]}
+        hl = None
+        if decomposition:
+            hl = {f"full data: {name} {decomposition[key]:.2f}": decomposition[key]
+                  for name, key in (("MI", "mi"), ("TC", "tc"), ("dwKL", "dwkl"))}
+        shifted = " minus log N, (D-1) log N, -D log N" if ln else ""
+        viz.plot_curves(curves, os.path.join(out, "decomposition_during_training.png"), x=log["step"],
+                        ylabel="nats, batch mean", hlines=hl,
+                        title=f"eq. 3 terms, {cfg['estimator'].upper()} batch estimates{shifted}")
 
 
 # ---------------------------------------------------------------------------
@@ -961,7 +827,7 @@ def run(cfg, argv=()):
         for key in ("cont", "arch", "alpha", "beta", "gamma", "beta_vae", "estimator"):
             cfg[key] = ckpt["config"][key]
         print(f"from the checkpoint: --cont {cfg['cont']} --arch {cfg['arch']}")
-        runs.check_out_dir(cfg["out"], new_run=True, overwrite=cfg["overwrite"])
+        runs.check_out_dir(cfg["out"], new_run=True, overwrite=cfg["overwrite"], evaluation=True)
         ds_probe = load_dataset(cfg, cfg["eval_split"])
         model = build_model(cfg, ds_probe.image_size)
         runs.load_state_dict(model, ckpt["model"], path)

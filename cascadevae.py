@@ -8,7 +8,7 @@ paper the difference is listed below and the paper is followed.
 
     python cascadevae.py --dataset shapes                        # supp. B.1 preset (dSprites)
     python cascadevae.py --dataset fashion-mnist --data-dir ../shared/data
-    python cascadevae.py --dataset shapes --no-discrete          # CascadeVAE-C (Table 1)
+    python cascadevae.py --dataset shapes --no-discrete --cont 10  # CascadeVAE-C (Table 1: m = 10, beta_l = 1)
     python cascadevae.py --dataset shapes --no-cascade --beta 7  # CascadeVAE-D (Table 1)
 
 Equation -> code
@@ -21,7 +21,10 @@ Equation -> code
     sec. 4  q(z, d|x) = q(z|x) if d = argmax_d' p(x|z, d'), the decoder infers d  CascadeVAE.unary
     Lemma 1 KL(q(d)||p(d)) <= S E_{d,d'~q(d)}[1(d = d')] - 1 ............... same_class_pairs
     eq. 5   lower bound: recon - beta KL_z - lam (S E[1(d = d')] - 1) ........ cascadevae_loss
-    eq. 6   max_d sum_i u_i^T d_i - lam' sum_{pairs} d_i^T d_j, exactly, by a
+            (on a batch, lam (S E[1(d = d')] - 1) = (2 lam S / B^2) pairs + const, so the
+            loss's lam' * pairs / B is eq. 5 with lam' = 2 lam S / B)
+    eq. 6   max_d sum_i u_i^T d_i - lam' sum_{pairs} d_i^T d_j (`--lam` = lam', per
+            unordered pair; lam' = 2 lam S / B in eq. 5's lam), exactly, by a
             linear assignment with increasing slot costs (derivation in `assign`)  assign
     Alg. 1  t > t_d: u with the networks frozen, assign d, one step on eq. 5
             with d fixed and the same z; d = 0 before t_d ................... alternating_step_terms
@@ -50,13 +53,28 @@ NOTE: cascade schedule. Algorithm 1 is followed (`--schedule paper`, default): f
     code`) relieves dim 0 from the first update and, once the alternating step starts
     (t > t_d), holds the cascade for one period: n(t) = min(ceil(t/r) - [t > t_d], m).
 NOTE: dSprites settings where the code differs from supp. B.1 (we follow B.1 and
-    Table 1): code t_d = 4 periods x 2e4 = 8e4 (B.1: 1e5); code Adam lr 1e-4 with a
-    staircase decay x0.3 every 5e4 updates (B.1: 3e-4, no decay mentioned); code
-    default beta_l = 0.1 (Table 1's CascadeVAE row: 1.0). The code also adds an L2
-    weight penalty 4e-5 to the loss and initialises its (transposed) convolutions with
-    He (variance-scaling) weights; we use neither (PyTorch's default initialisation,
-    no weight decay). `--schedule code --t-d 80000
-    --lr 1e-4` gives the code's schedule (not its lr decay or L2 term).
+    Table 1): code t_d = 4 periods x 2e4 = 8e4 (B.1: 1e5); code Adam lr 1e-4, constant
+    (B.1: 3e-4): tfops/lr_op.py builds a staircase decay x0.3 every 5e4 updates, but its
+    global_step is never incremented (minimize() gets no global_step and the update op is
+    never run), so no decay ever happens and none is compensated for here; code default
+    beta_l = 0.1 (Table 1's CascadeVAE row: 1.0). `--schedule code --t-d 80000 --lr 1e-4`
+    gives the code's schedule and rate.
+DEVIATION: the networks (nets.py), checked layer by layer against supp. B Tables 1-2 and
+    the authors' tfops/nets.py (encoder1_64/decoder1_64 for 64x64, encoder1_32/decoder1_32
+    for 32x32): kernels, strides, channels (64x64: 32-32-64-64 / 64-32-32-1; 32x32:
+    32-32-64 / 32-32-1, `--net jeong-song`, the default) and fully connected sizes are the
+    same. What differs: their decoder ends in logits as ours does (the tables print
+    Sigmoid); their 'SAME' padding is our padding=1 (equal for 4x4, stride 2, even sizes);
+    they flatten NHWC, we NCHW (matters only to port weights); they add an L2 penalty
+    4e-5 * sum w^2 / 2 on every weight and initialise convolutions He truncated-normal and
+    fully connected layers Glorot-uniform with zero biases; we use no weight decay and
+    PyTorch's default initialisation.
+DEVIATION: a discrete code that takes one value over the evaluated data is left out of
+    the FactorVAE vote (metrics.factor_vae_score, constant_discrete="drop"). The authors'
+    score divides by var + 1e-10, so a collapsed d (0 / 1e-10 = 0) wins every vote and the
+    score is 1/K: on a synthetic 5-factor code (tests/test_metrics.py) that is 0.20 for
+    them where ours gives 0.90, the same as without d. `constant_discrete="authors"`
+    gives theirs.
 NOTE: eq. 6 as printed sums d_i^T d_j over ordered pairs i != j (each pair twice); the
     authors' code (slot t of a class costs t*lam', summing to lam' n_k(n_k-1)/2) counts
     each unordered pair once. supp. B's lam' values were used with the code, so we count
@@ -165,75 +183,64 @@ DEFAULTS = dict(
     eval_samples=None, eval_batch_size=512, metric_votes=800, eval_only=False,
     checkpoint=None, resume=None, no_eval=False, no_progress=False, net="jeong-song",
     time_budget=None, overwrite=False, force_resume=False,
+    pretrained=False, weights_dir=None, traversal_range=None,
 )
 
 
-def build_parser():
+def preset_source(dataset, key):
+    """Where a preset value comes from (shown by --help)."""
+    appendix = {"dsprites": "supp. B.1", "shapes": "supp. B.1 (dSprites)", "mnist": "supp. B.2",
+                "fashion-mnist": "supp. B.3", "chairs": "supp. B.4"}[dataset]
+    if key == "cont":
+        return {"mnist": "Table 3", "fashion-mnist": "Table 4"}.get(dataset, "Table 1" if "B.1" in appendix
+                                                                     else "ours (see PRESETS)")
+    if key == "beta_l":
+        return "Table 1" + ("" if "B.1" in appendix else " (not given for this data set)")
+    return appendix
+
+
+def build_parser(dataset="mnist"):
     p = argparse.ArgumentParser(
         prog="cascadevae.py",
-        description="CascadeVAE (Jeong & Song 2019): train or evaluate. "
-                    "Defaults are the paper's supp. B preset for --dataset; flags override.",
+        description="CascadeVAE (Jeong & Song 2019): train or evaluate. Defaults shown are the "
+                    f"supp. B preset for --dataset {dataset}; flags override.",
         argument_default=argparse.SUPPRESS,  # so we know which flags the user set
     )
     p.add_argument("--dataset", choices=sorted(DATA_SOURCES), help="selects data and supp. B preset (default mnist)")
-    p.add_argument("--data-dir", help="data folder (torchvision layout), or the image folder for chairs (default ./data)")
-    p.add_argument("--no-download", dest="download", action="store_false", help="never try to download")
-    p.add_argument("--train-split", choices=["train", "test"], help="split to train on")
-    p.add_argument("--eval-split", choices=["train", "test"], help="split to evaluate on")
     p.add_argument("--cont", type=int, help="number of continuous latent units m")
     p.add_argument("--disc", type=int, help="number S of discrete configurations (one categorical variable)")
-    p.add_argument("--no-discrete", action="store_true", help="ablation CascadeVAE-C: no discrete variable (Table 1)")
-    p.add_argument("--beta-h", type=float, help="beta_h of the cascade (supp. B: 10)")
+    p.add_argument("--no-discrete", action="store_true", help="ablation CascadeVAE-C: no discrete variable (Table 1 rows: --cont 10 --beta-l 1, or --cont 5 --beta-l 0.7)")
+    p.add_argument("--beta-h", type=float, help="beta_h of the cascade")
     p.add_argument("--beta-l", type=float, help="beta_l a relieved dim gets (Table 1)")
     p.add_argument("--r", type=int, help="cascade period r: one dim is relieved every r iterations (sec. 6)")
     p.add_argument("--t-d", type=int, help="warm-up t_d: the alternating step runs for t > t_d (Algorithm 1)")
-    p.add_argument("--schedule", choices=["paper", "code"], help="cascade as in Algorithm 1 (paper, default) or the authors' code")
+    p.add_argument("--schedule", choices=["paper", "code"], help="cascade as in Algorithm 1 (paper) or the authors' code")
     p.add_argument("--lam", type=float, help="lam' of eq. 6, per unordered same-class pair (supp. B)")
     p.add_argument("--no-cascade", action="store_true", help="ablation CascadeVAE-D: one --beta for every dim (Table 1)")
     p.add_argument("--beta", type=float, help="with --no-cascade: the single beta (Table 1 uses 7.0 for m = 6)")
     p.add_argument("--lr", type=float, help="Adam learning rate")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="images per update")
     p.add_argument("--iterations", type=int, help="training length in updates (supp. B's unit)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--out", help="run folder (default runs/cascadevae-<dataset>-s<seed>)")
-    p.add_argument("--log-every", type=int, help="iterations between log.csv rows")
-    p.add_argument("--save-every", type=int, help="iterations between checkpoints")
-    p.add_argument("--eval-samples", type=int, help="evaluate on a random subset of this many images (default all)")
-    p.add_argument("--eval-batch-size", type=int)
-    p.add_argument("--metric-votes", type=int, help="votes of the FactorVAE score (default 800, supp. C)")
-    p.add_argument("--no-eval", action="store_true", help="skip evaluation after training")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint, no training")
-    p.add_argument("--checkpoint", help="checkpoint (or run folder) to evaluate")
-    p.add_argument("--resume", help="run folder (or its checkpoint.pt) to continue training in, exactly")
-    p.add_argument("--force-resume", action="store_true",
-                   help="with --resume: apply flags that change the model, data or objective (recorded in the log)")
-    p.add_argument("--overwrite", action="store_true", help="start a new run in an --out that holds one (deletes it)")
-    p.add_argument("--time-budget", type=float, metavar="MINUTES",
-                   help="stop after MINUTES with a checkpoint; continue with the same command and --resume")
+    p.add_argument("--traversal-range", type=float, metavar="R",
+                   help="traversal figures over (-R, R) (default: dSprites Figs. 3/5: 1.5 and 1.2; else Figs. 8-10: 2)")
     p.add_argument("--net", choices=["jeong-song", "dupont"],
-                   help="32x32 encoder: supp. B Table 2 (32-32-64 channels, default) or Dupont's (32-64-64)")
+                   help="32x32 encoder: supp. B Table 2 (32-32-64 channels) or Dupont's (32-64-64)")
+    runs.add_run_flags(p, "cascadevae", "data folder (torchvision layout), or the image folder for chairs")
+    if dataset in PRESETS:  # an unknown --dataset is reported by the parser itself
+        runs.show_defaults(p, DEFAULTS, PRESETS[dataset], lambda key: preset_source(dataset, key))
     return p
 
 
 def _normalize(cfg):
     """Fill what the flags leave open (in place): splits, run folder, keys older runs lack."""
-    for key, value in DEFAULTS.items():
-        cfg.setdefault(key, value)
-    source = DATA_SOURCES[cfg["dataset"]]
-    cfg["train_split"] = cfg.get("train_split") or source["train_split"]
-    cfg["eval_split"] = cfg.get("eval_split") or source["eval_split"]
-    if cfg.get("out") is None:
-        tag = "eval" if cfg["eval_only"] else f"s{cfg['seed']}"
-        cfg["out"] = os.path.join("runs", f"cascadevae-{cfg['dataset']}-{tag}")
+    runs.normalize(cfg, DEFAULTS, DATA_SOURCES, "cascadevae")
     return cfg
 
 
 def make_config(argv=None):
     """Merge DEFAULTS <- PRESETS[dataset] <- explicit flags; on --resume, the run's own
     config <- the flags that only change how it goes on (runs.merge_resume)."""
-    explicit = vars(build_parser().parse_args(argv))
+    explicit = vars(build_parser(runs.dataset_of(argv, DEFAULTS["dataset"])).parse_args(argv))
     if "resume" in explicit:
         # Runs from before --net used Dupont's 32x32 encoder.
         cfg = runs.resume_config(explicit, "cascadevae", _normalize, legacy=dict(net="dupont"))
@@ -242,6 +249,7 @@ def make_config(argv=None):
         dataset = explicit.get("dataset", cfg["dataset"])
         cfg.update(PRESETS[dataset])
         cfg.update(explicit)
+        runs.use_pretrained(cfg, "cascadevae")
         _normalize(cfg)
     validate_config(cfg)
     return cfg
@@ -249,11 +257,7 @@ def make_config(argv=None):
 
 def validate_config(cfg):
     """One ValueError sentence per bad flag combination."""
-    runs.check_finite_flags(cfg, ("beta_h", "beta_l", "lam", "beta", "lr", "time_budget"))
-    if cfg["time_budget"] is not None and cfg["time_budget"] <= 0:
-        raise ValueError(f"--time-budget {cfg['time_budget']}: give the minutes a slice may run (> 0).")
-    if cfg["seed"] < 0:
-        raise ValueError(f"--seed {cfg['seed']}: seeds are integers >= 0.")
+    runs.validate_run_flags(cfg, ('beta_h', 'beta_l', 'lam', 'beta'))
     if cfg["cont"] < 1:
         raise ValueError(f"--cont {cfg['cont']}: CascadeVAE needs at least one continuous unit (m >= 1).")
     if not cfg["no_discrete"] and cfg["disc"] < 2:
@@ -275,16 +279,6 @@ def validate_config(cfg):
                          "for the cascade set --beta-h and --beta-l instead.")
     if cfg["beta"] is not None and cfg["beta"] < 0:
         raise ValueError(f"--beta {cfg['beta']} is negative; eq. 1 needs beta >= 0.")
-    if cfg["lr"] <= 0 or cfg["batch_size"] < 1:
-        raise ValueError("--lr must be > 0 and --batch-size >= 1.")
-    if cfg["iterations"] < 0:
-        raise ValueError("--iterations must be >= 0.")
-    if cfg["log_every"] < 1 or cfg["save_every"] < 1:
-        raise ValueError("--log-every and --save-every must be >= 1.")
-    if cfg["eval_samples"] is not None and cfg["eval_samples"] < 1:
-        raise ValueError("--eval-samples must be >= 1.")
-    if cfg["eval_only"] and not cfg.get("checkpoint"):
-        raise ValueError("--eval-only needs --checkpoint PATH (a cascadevae.py checkpoint or run folder).")
 
 
 def objective_name(cfg):
@@ -652,16 +646,11 @@ def train(cfg, device, argv=()):
         print(f"note: --t-d {cfg['t_d']} >= {total} iterations, so the alternating step never runs and this "
               "run trains CascadeVAE-C (sec. 6); lower --t-d to learn the discrete factor.")
 
-    ckpt_path = os.path.join(out, "checkpoint.pt")
-    log_file, writer = runs.open_log(out, log_columns(cfg), step, cfg.get("resume_changes"))
-    progress = runs.progress(total, step, cfg["no_progress"])
-    budget = runs.TimeBudget(cfg["time_budget"])
+    log = runs.TrainLog(cfg, log_columns(cfg), step, total, device, window, "cascadevae", argv)
     stream = data.batches(ds, cfg["batch_size"], seed=cfg["seed"], start_step=step)
     model.train()
     beta_cache = {}  # the betas change every r steps: keep one device copy per value
-    window = runs.LogWindow(device, window)  # sums since the last log row, kept across a resume
     finite = torch.ones((), dtype=torch.bool, device=device)
-    t_start, start_step, stopped = time.perf_counter(), step, False
     try:
         while step < total:
             _, x = next(stream)                               # (B, C, H, W) in [0, 1]
@@ -677,51 +666,36 @@ def train(cfg, device, argv=()):
             terms["loss"].backward()
             optimizer.step()
             # Accumulate on the device; the host reads them once per --log-every.
-            window.add(torch.cat([torch.stack([terms[k].detach() for k in
-                                               ("loss", "recon", "kl", "weighted_kl", "penalty", "h_d", "kl_d",
-                                                "lemma1_bound")]),
-                                  terms["kl_units"].detach()]), host=terms["solve_seconds"])  # (8 + D,)
+            log.add(torch.cat([torch.stack([terms[k].detach() for k in
+                                            ("loss", "recon", "kl", "weighted_kl", "penalty", "h_d", "kl_d",
+                                             "lemma1_bound")]),
+                               terms["kl_units"].detach()]), host=terms["solve_seconds"])  # (8 + D,)
             finite &= torch.isfinite(terms["loss"].detach())
-            if step % cfg["log_every"] == 0 or step == total:
+            if log.due(step):
                 if not bool(finite):
                     raise FloatingPointError(step)
-                n_rows = window.n
-                values, solve_s, seconds = window.read()
+                values, solve_s = log.read()
                 n_shown = cfg["cont"] if n_relieved < 0 else n_relieved
                 values = values[:8] + [n_shown, 1000.0 * solve_s] + values[8:]
-                writer.writerow([step] + [f"{v:.6g}" for v in values]
-                                + [f"{seconds:.3f}", f"{n_rows * x.shape[0] / seconds:.1f}"])
-                log_file.flush()
-                progress.set_postfix(loss=f"{values[0]:.1f}", recon=f"{values[1]:.1f}",
-                                     kl=f"{values[2]:.2f}", h_d=f"{values[5]:.2f}", refresh=False)
-                if start_step is not None:  # once, after the first log interval
-                    print(runs.eta_line(step, total, (time.perf_counter() - t_start) / (step - start_step)))
-                    start_step = None
-            progress.update(1)
-            stopped = step < total and budget.expired()
-            if step % cfg["save_every"] == 0 or step == total or stopped:
-                if not bool(finite):
-                    raise FloatingPointError(step)
-                runs.save_checkpoint(ckpt_path, model, optimizer, step, cfg, "cascadevae", window.state())
-            if stopped:
+                log.write(step, values, x.shape[0], loss=values[0], recon=values[1], kl=values[2], h_d=values[5])
+            if log.end_step(step, model, optimizer, finite):
                 break
     except FloatingPointError:
-        raise FloatingPointError(runs.nan_message(step, ckpt_path, cfg["save_every"],
+        raise FloatingPointError(runs.nan_message(step, log.ckpt_path, cfg["save_every"],
                                                   "lower --lr, or check the input data")) from None
     finally:
-        budget.close()
-        progress.close()
-        log_file.close()
-    if stopped:
-        print(runs.paused_message(cfg, step, total, "cascadevae.py", argv, budget), flush=True)
-    return model, step, cfg, not stopped
+        log.close()
+    return model, step, cfg, log.finish(step)
 
 
 # ---------------------------------------------------------------------------
 # Evaluation and figures
 # ---------------------------------------------------------------------------
 
-TRAVERSAL_RANGE = 2.0  # Figs. 8-9: traversal range (-2, 2) (Fig. 3 uses 1.5, Fig. 5 1.2)
+# Traversal ranges of the papers' figures: dSprites Fig. 3 (-1.5, 1.5) and Fig. 5 (-1.2, 1.2);
+# MNIST / Fashion-MNIST / Chairs Figs. 8-10 (-2, 2). `--traversal-range` overrides.
+TRAVERSAL_RANGES = {"dsprites": [(1.5, "Fig. 3"), (1.2, "Fig. 5")], "shapes": [(1.5, "Fig. 3"), (1.2, "Fig. 5")]}
+DEFAULT_TRAVERSAL = [(2.0, "Figs. 8-10")]
 
 
 @torch.no_grad()
@@ -748,24 +722,14 @@ def encode_dataset(model, ds, indices, device, batch_size=512, discrete=True):
     return mu, logvar, (torch.cat(ds_) if ds_ else None)  # d: (N,) or None
 
 
-def _try(metric_name, fn, reasons):
-    """Run one metric; a metric the data cannot support becomes null with its reason."""
-    try:
-        return fn()
-    except ValueError as err:
-        reasons[metric_name] = str(err)
-        return None
-
-
 @torch.no_grad()
 def evaluate(model, cfg, device, step, log_path=None):
     """Encode the evaluation split (or a subset) and write metrics.json and the figures."""
     out = cfg["out"]
     os.makedirs(out, exist_ok=True)
     ds = load_dataset(cfg, cfg["eval_split"])
-    g = torch.Generator().manual_seed(cfg["seed"] + 1)
-    n = len(ds) if cfg["eval_samples"] is None else min(cfg["eval_samples"], len(ds))
-    indices = torch.randperm(len(ds), generator=g)[:n] if n < len(ds) else torch.arange(len(ds))  # (N,)
+    indices = metrics.eval_indices(len(ds), cfg["eval_samples"], cfg["seed"])  # (N,)
+    n = len(indices)
     t0 = time.perf_counter()
     use_d = discrete_trained(cfg, step)
     mu, logvar, d = encode_dataset(model, ds, indices, device, cfg["eval_batch_size"], discrete=use_d)
@@ -789,29 +753,20 @@ def evaluate(model, cfg, device, step, log_path=None):
     if labels is not None and use_d:
         res["accuracy_hungarian"] = metrics.cluster_accuracy(d, labels, mapping="hungarian")
         res["accuracy_majority"] = metrics.cluster_accuracy(d, labels, mapping="majority")
-        conf = metrics.confusion_matrix(d, labels)
-        viz.save_matrix(conf, os.path.join(out, "confusion.png"), xlabel="true label",
-                        ylabel="d(x) = argmax_k log p(x|mu, e_k)", title="discrete code vs label (Tables 2-4)")
+        viz.save_confusion(d, labels, model.disc, data.CLASS_NAMES[cfg["dataset"]], os.path.join(out, "confusion.png"),
+                           "d(x) = argmax_k log p(x|mu, e_k)", "discrete code vs class (Tables 2-4)")
     else:
         for key in ("accuracy_hungarian", "accuracy_majority"):
             res[key] = None
             reasons[key] = "no labels" if labels is None else no_d_reason
 
-    if ds.factors is not None:
-        factors = ds.factors[indices]                                   # (N, K)
-        res["mig"] = _try("mig", lambda: metrics.mig(mu, factors, logvar=logvar, discrete_codes=d,
-                                                     seed=cfg["seed"])["mig"], reasons)
-        if len(ds.factor_names) == 5 and ds.factor_names[0] == "shape":
-            # Chen et al. Table 2 score dSprites on scale, rotation, posX, posY only.
-            res["mig_4factors"] = _try("mig_4factors", lambda: metrics.mig(
-                mu, factors, logvar=logvar, discrete_codes=d,
-                factor_subset=[1, 2, 3, 4], seed=cfg["seed"])["mig"], reasons)
-        res["factor_vae_score"] = _try("factor_vae_score", lambda: _factor_vae(
-            model, ds, mu, factors, d, kl_units, cfg, device, use_d), reasons)
-    else:
-        for key in ("mig", "factor_vae_score"):
-            res[key] = None
-            reasons[key] = "no ground-truth factors for this data set"
+    def encode(idx):  # FactorVAE vote images: (mu, d(x)) in large no-grad batches
+        v_mu, _, v_d = encode_dataset(model, ds, idx, device, 4 * cfg["eval_batch_size"], use_d)
+        return v_mu, v_d
+
+    scores, _ = metrics.factor_scores(ds, indices, mu, logvar, kl_units, encode, cfg["metric_votes"],
+                                      cfg["seed"], reasons, discrete_codes=d)
+    res.update(scores)
     res["null_reasons"] = reasons
     res["eval_seconds"] = round(time.perf_counter() - t0, 2)
     # The discrete value most images are assigned to: the continuous traversals hold d there.
@@ -834,41 +789,21 @@ def _eval_recon(model, ds, indices, device, batch_size, use_d):
     return total / max(len(indices), 1)
 
 
-def _factor_vae(model, ds, mu, factors, d, kl_units, cfg, device, use_d):
-    """Kim & Mnih score in the form of supp. C: pruning (KL < 0.1), per-dim variance
-    normalisation over the evaluated codes, d(x) as dim m+1 with the mismatch variance.
-
-    On a full factor grid (shapes, dsprites) each vote's L = 100 images with one factor
-    fixed are drawn from the grid and encoded (the authors' sampler does the same), so
-    the score does not depend on --eval-samples beyond the normalising variances.
-    """
-    kw = dict(kl_per_dim=kl_units, n_votes=cfg["metric_votes"], seed=cfg["seed"])
-    if ds.factor_sizes is not None and len(ds) == int(np.prod(ds.factor_sizes)):
-        vote_factor, vote_idx = metrics.grid_votes(ds.factor_sizes, cfg["metric_votes"], 100, cfg["seed"])
-        m, l = vote_idx.shape                                             # (M, L)
-        v_mu, _, v_d = encode_dataset(model, ds, vote_idx.reshape(-1), device, cfg["eval_batch_size"], use_d)
-        kw["votes"] = dict(factor=vote_factor, codes=v_mu.reshape(m, l, -1))  # codes (M, L, D)
-        if v_d is not None:
-            kw["votes"]["discrete_codes"] = v_d.reshape(m, l)             # (M, L)
-    return metrics.factor_vae_score(mu, factors, discrete_codes=d, **kw)["score"]
-
-
 def save_figures(model, cfg, ds, indices, kl_units, typical, device, use_d, log_path=None):
     """Reconstructions, samples per discrete value, traversals ranked by KL with the
-    discrete row last (Figs. 3, 6, 9, 10), the discrete traversal (Figs. 3 right, 7, 8b)
-    and I(x; z_j), I(x; d) during training (Figs. 5, 9, 11), with Lemma 1's bound."""
+    discrete row last (Figs. 3, 5 on dSprites; 8-10), the discrete traversal (Figs. 3
+    right, 7, 8b) and the KL bounds on I(x; z_j) and the batch's H(d) during training
+    (Figs. 5, 9, 11), with Lemma 1's bound."""
     out = cfg["out"]
     model.eval()
     decode = lambda latent: torch.sigmoid(model.decode(latent.to(device))).cpu()  # noqa: E731
     x = ds.batch(indices[:8]).to(device)                                            # (8, C, H, W)
     mu, _, _ = model.encode(x)
     d = model.infer_discrete(x, mu)[0] if use_d else None
-    recon = torch.sigmoid(model.decode(model.latent(mu, d))).cpu()
-    viz.save_image_grid(torch.cat([x.cpu(), recon]), os.path.join(out, "reconstructions.png"), nrow=8,
-                        row_labels=["data", "recon"], title="top: data, bottom: reconstruction from (mu, d(x))")
-    m, s = cfg["cont"], model.disc
-    n_cols = 10
-    values = torch.linspace(-TRAVERSAL_RANGE, TRAVERSAL_RANGE, n_cols)              # (cols,)
+    viz.save_reconstructions(x, torch.sigmoid(model.decode(model.latent(mu, d))),
+                             os.path.join(out, "reconstructions.png"),
+                             title="top: data, bottom: reconstruction from (mu, d(x))")
+    m, s, n_cols = cfg["cont"], model.disc, 10
     eye = torch.eye(s)                                                              # (S, S) e_1..e_S
     base_d = eye[typical] if use_d else torch.zeros(s)                              # (S,)
     g = torch.Generator().manual_seed(cfg["seed"])
@@ -877,50 +812,39 @@ def save_figures(model, cfg, ds, indices, kl_units, typical, device, use_d, log_
         z = torch.randn(n_cols, m, generator=g)                                     # (cols, D)
         lat = torch.stack([torch.cat([z, eye[k].expand(n_cols, -1)], dim=1) for k in range(s)])  # (S, cols, D+S)
         viz.save_traversal(decode, lat, os.path.join(out, "samples_per_discrete.png"),
-                           row_labels=[f"d={k}" for k in range(s)],
-                           title="samples, discrete value fixed per row")
-    # Rows: every continuous dim, ranked by KL (Figs. 5 right, 9 right), z_j in (-2, 2), other
-    # dims 0; last row: d cycling through e_1..e_S with period S at z = 0 (Fig. 10).
-    order = np.argsort(-np.asarray(kl_units))
-    rows, labels = [], []
-    for j in order:
-        z = torch.zeros(n_cols, m)                                                  # (cols, D)
-        z[:, j] = values
-        rows.append(torch.cat([z, base_d.expand(n_cols, -1)], dim=1))               # (cols, D+S)
-        labels.append(f"z{j}: {kl_units[j]:.2f} nats")
-    if use_d:
-        cyc = eye[torch.arange(n_cols) % s]                                         # (cols, S)
-        rows.append(torch.cat([torch.zeros(n_cols, m), cyc], dim=1))
-        labels.append(f"d: e_1..e_{s} (period {s})")
-    viz.save_traversal(decode, torch.stack(rows), os.path.join(out, "traversals.png"), row_labels=labels,
-                       title=f"traversals in (-{TRAVERSAL_RANGE:g}, {TRAVERSAL_RANGE:g}) ranked by KL; "
-                             "last row: discrete (Figs. 9, 10)")
+                           row_labels=[f"d={k}" for k in range(s)], title="samples, discrete value fixed per row")
+    ranges = ([(cfg["traversal_range"], "--traversal-range")] if cfg.get("traversal_range")
+              else TRAVERSAL_RANGES.get(cfg["dataset"], DEFAULT_TRAVERSAL))
+    for i, (span, fig) in enumerate(ranges):
+        values = torch.linspace(-span, span, n_cols)                                # (cols,)
+        # Rows: every continuous dim ranked by KL, the others 0; last row: d cycling
+        # through e_1..e_S with period S at z = 0 (Fig. 10).
+        rows, labels = viz.unit_traversals(values, kl_units, base_d)                # (D, cols, D+S)
+        if use_d:
+            cyc = torch.cat([torch.zeros(n_cols, m), eye[torch.arange(n_cols) % s]], dim=1)  # (cols, D+S)
+            rows, labels = torch.cat([rows, cyc[None]]), labels + [f"d: e_1..e_{s} (period {s})"]
+        viz.save_traversal(decode, rows, os.path.join(out, "traversals.png" if i == 0 else f"traversals_{span:g}.png"),
+                           row_labels=labels, title=f"traversals in (-{span:g}, {span:g}) ranked by KL ({fig}); "
+                                                    + ("last row: discrete" if use_d else "no discrete variable"))
     if use_d:
         # Figs. 3 right, 7, 8b: rows = discrete values, columns = the most informative unit traversed.
-        top = int(np.argmax(kl_units))
+        top, span = int(np.argmax(kl_units)), ranges[0][0]
         rows = []
         for k in range(s):
             z = torch.zeros(n_cols, m)
-            z[:, top] = values
+            z[:, top] = torch.linspace(-span, span, n_cols)
             rows.append(torch.cat([z, eye[k].expand(n_cols, -1)], dim=1))
         viz.save_traversal(decode, torch.stack(rows), os.path.join(out, "traversal_discrete.png"),
                            row_labels=[f"d={k}" for k in range(s)],
                            title=f"discrete value per row x z{top} (most informative) traversed (Figs. 3, 7)")
-    if log_path and os.path.exists(log_path):
-        log = viz.read_log(log_path)
-        if len(log.get("step", [])) > 0:
-            viz.plot_curves({f"z{j}": log[f"kl_z{j}"] for j in range(m)},
-                            os.path.join(out, "kl_during_training.png"), x=log["step"],
-                            ylabel="KL (nats), batch mean", title="I(x; z_j) during training (Figs. 5, 9, 11)")
-            if s:
-                # I(x; d) = H(d) (d is a function of x and z), and Lemma 1 on each batch's q(d).
-                viz.plot_curves({"H(d) = I(x; d)": log["h_d"], "KL(q(d)||p(d))": log["kl_d"],
-                                 "Lemma 1 bound S E[1(d=d')] - 1": log["lemma1_bound"]},
-                                os.path.join(out, "discrete_during_training.png"), x=log["step"],
-                                ylabel="nats, batch", hlines={"log S": math.log(s)},
-                                title="discrete variable during training (Figs. 5, 9; Lemma 1)")
-            viz.plot_curves({"loss": log["loss"], "recon": log["recon"]}, os.path.join(out, "loss.png"),
-                            x=log["step"], ylabel="nats per image", title="training loss", logy=True)
+    log = viz.save_log_figures(log_path, out, "KL(q(z_j|x)||p(z_j)), an upper bound of I(x; z_j) (Figs. 5, 9, 11)")
+    if log is not None and s:
+        # The batch's q(d): its entropy (an estimate of H(d), not I(x; d)) and Lemma 1.
+        viz.plot_curves({"H(q(d)) of the batch": log["h_d"], "KL(q(d)||p(d))": log["kl_d"],
+                         "Lemma 1 bound S E[1(d=d')] - 1": log["lemma1_bound"]},
+                        os.path.join(out, "discrete_during_training.png"), x=log["step"],
+                        ylabel="nats, batch", hlines={"log S": math.log(s)},
+                        title="discrete variable during training (Figs. 5, 9; Lemma 1)")
 
 
 # ---------------------------------------------------------------------------
@@ -942,7 +866,7 @@ def run(cfg, argv=()):
         step = int(ckpt["step"])
         print(f"latent sizes from the checkpoint: --cont {cfg['cont']} "
               + ("--no-discrete" if cfg["no_discrete"] else f"--disc {cfg['disc']}") + f", step {step}")
-        runs.check_out_dir(cfg["out"], new_run=True, overwrite=cfg["overwrite"])
+        runs.check_out_dir(cfg["out"], new_run=True, overwrite=cfg["overwrite"], evaluation=True)
         ds_probe = load_dataset(cfg, cfg["eval_split"])
         model = build_model(cfg, ds_probe.image_size, device)
         runs.load_state_dict(model, ckpt["model"], path)

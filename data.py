@@ -173,6 +173,13 @@ def _grid_factors():
 # shapes: a procedural dSprites
 # --------------------------------------------------------------------------------------
 SHAPE_NAMES = ("square", "ellipse", "heart")
+# The class names of each labelled data set, in label order (torchvision's for Fashion-MNIST).
+CLASS_NAMES = {
+    "mnist": tuple(str(k) for k in range(10)),
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                      "Bag", "Ankle boot"),
+    "shapes": SHAPE_NAMES, "dsprites": SHAPE_NAMES,
+}
 SHAPE_SCALES = np.linspace(0.5, 1.0, 6)  # dSprites' scale values
 # dSprites' 40 orientations, endpoints included: index 39 (2 pi) is the same angle as 0.
 SHAPE_ORIENTATIONS = np.linspace(0.0, 2 * np.pi, 40)

@@ -33,6 +33,18 @@ C x H x W image.
 DEVIATION: the decoder outputs logits and the Bernoulli log-likelihood is
     `binary_cross_entropy_with_logits` (the paper: sigmoid + binary cross-entropy);
     same value, numerically stable (nets.py).
+DEVIATION: "the same value" of BCE-with-logits and sigmoid + BCE holds in exact
+    arithmetic only: the author's float32 sigmoid saturates to 0 or 1 and PyTorch's BCE
+    clamps log at -100, so where his decoder saturates on a wrong pixel the two differ: on
+    real dSprites his released weights read 96.19 nats/image his way and 92.34 ours (the
+    independent check that filed this, on data not available offline); on 2,048 `shapes`
+    images we measured 41.66 both ways (nothing saturates there).
+DEVIATION: the author's code divides the whole loss by the number of pixels (H*W) before
+    the backward pass; we do not. Only Adam's eps (1e-8) sees the difference: Adam's step
+    is invariant to a constant scale of the loss otherwise.
+NOTE: RGB data (CelebA): the reconstruction term is averaged over the channels, as in the
+    author's code (see jointvae_loss), so App. C.4's gamma 100 and C_z 50 mean what they
+    meant there; summing over channels would make it 3x larger and act like gamma ~33.
 DEVIATION: eq. 8 uses log alpha = log_softmax(logits); the author's code takes
     log(softmax(logits) + 1e-12). They differ only where alpha < ~1e-10.
 DEVIATION: the paper gives training length in epochs (App. C); the loop counts
@@ -138,63 +150,43 @@ DEFAULTS = dict(
     eval_samples=None, eval_batch_size=512, metric_votes=800, eval_only=False,
     checkpoint=None, resume=None, no_eval=False, no_progress=False,
     time_budget=None, overwrite=False, force_resume=False,
+    pretrained=False, weights_dir=None,
 )
 
 
-def build_parser():
+# Where each dataset's preset comes from (shown by --help).
+PRESET_SOURCES = {"mnist": "App. C.1", "fashion-mnist": "App. C.2", "chairs": "App. C.3", "celeba": "App. C.4",
+                  "dsprites": "App. C.5", "shapes": "App. C.5 (dSprites)"}
+
+
+def build_parser(dataset="mnist"):
     p = argparse.ArgumentParser(
         prog="jointvae.py",
         description="JointVAE (Dupont 2018): train, evaluate, or load the author's weights. "
-                    "Defaults are the paper's App. C preset for --dataset; flags override.",
+                    f"Defaults shown are the App. C preset for --dataset {dataset}; flags override.",
         argument_default=argparse.SUPPRESS,  # so we know which flags the user set
     )
     p.add_argument("--dataset", choices=sorted(DATA_SOURCES), help="selects data and App. C preset (default mnist)")
-    p.add_argument("--data-dir", help="data folder (torchvision layout), or the image folder for chairs/celeba (default ./data)")
-    p.add_argument("--no-download", dest="download", action="store_false", help="never try to download")
-    p.add_argument("--train-split", choices=["train", "test"], help="split to train on")
-    p.add_argument("--eval-split", choices=["train", "test"], help="split to evaluate on")
     p.add_argument("--cont", type=int, help="number of continuous latent units D")
     p.add_argument("--disc", type=int, nargs="*", help="categories of each discrete variable, e.g. 10 or 2 2 2; empty = none")
-    p.add_argument("--temperature", type=float, help="Gumbel-softmax temperature tau of eq. 8 (default 0.67, author's code)")
+    p.add_argument("--temperature", type=float, help="Gumbel-softmax temperature tau of eq. 8 (the author's code)")
     p.add_argument("--gamma", type=float, help="gamma of eq. 7")
     p.add_argument("--c-cont", type=float, nargs=3, metavar=("MIN", "MAX", "ITERS"), help="C_z schedule")
     p.add_argument("--c-disc", type=float, nargs=3, metavar=("MIN", "MAX", "ITERS"), help="C_c schedule (clipped at sum log K)")
     p.add_argument("--beta", type=float, help="baseline: beta-VAE eq. 1 (no --disc) or eq. 6 (with --disc), no capacity")
     p.add_argument("--lr", type=float, help="Adam learning rate")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="images per update")
     p.add_argument("--epochs", type=float, help="training length in epochs (paper's unit)")
     p.add_argument("--iterations", type=int, help="training length in updates (overrides --epochs)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--out", help="run folder (default runs/jointvae-<dataset>-s<seed>)")
-    p.add_argument("--log-every", type=int, help="iterations between log.csv rows")
-    p.add_argument("--save-every", type=int, help="iterations between checkpoints")
-    p.add_argument("--eval-samples", type=int, help="evaluate on a random subset of this many images (default all)")
-    p.add_argument("--eval-batch-size", type=int)
-    p.add_argument("--metric-votes", type=int, help="votes of the FactorVAE score (default 800, Jeong & Song supp. C)")
-    p.add_argument("--no-eval", action="store_true", help="skip evaluation after training")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint, no training")
-    p.add_argument("--checkpoint", help="checkpoint to evaluate: ours, or the author's model.pt")
-    p.add_argument("--resume", help="run folder (or its checkpoint.pt) to continue training in, exactly")
-    p.add_argument("--force-resume", action="store_true",
-                   help="with --resume: apply flags that change the model, data or objective (recorded in the log)")
-    p.add_argument("--overwrite", action="store_true", help="start a new run in an --out that holds one (deletes it)")
-    p.add_argument("--time-budget", type=float, metavar="MINUTES",
-                   help="stop after MINUTES with a checkpoint; continue with the same command and --resume")
+    runs.add_run_flags(p, "jointvae", "data folder (torchvision layout), or the image folder for chairs/celeba")
+    if dataset in PRESETS:  # an unknown --dataset is reported by the parser itself
+        runs.show_defaults(p, DEFAULTS, PRESETS[dataset], lambda key: PRESET_SOURCES[dataset])
     return p
 
 
 def _normalize(cfg):
     """Fill what the flags leave open (in place): splits, run folder, schedule types."""
-    for key, value in DEFAULTS.items():
-        cfg.setdefault(key, value)
-    source = DATA_SOURCES[cfg["dataset"]]
-    cfg["train_split"] = cfg.get("train_split") or source["train_split"]
-    cfg["eval_split"] = cfg.get("eval_split") or source["eval_split"]
-    if cfg.get("out") is None:
-        tag = "eval" if cfg["eval_only"] else f"s{cfg['seed']}"
-        cfg["out"] = os.path.join("runs", f"jointvae-{cfg['dataset']}-{tag}")
+    runs.normalize(cfg, DEFAULTS, DATA_SOURCES, "jointvae")
     for name in ("c_cont", "c_disc"):
         c_min, c_max, iters = (float(v) for v in cfg[name])
         if math.isfinite(iters) and iters != int(iters):
@@ -207,7 +199,7 @@ def _normalize(cfg):
 def make_config(argv=None):
     """Merge DEFAULTS <- PRESETS[dataset] <- explicit flags; on --resume, the run's own
     config <- the flags that only change how it goes on (runs.merge_resume)."""
-    explicit = vars(build_parser().parse_args(argv))
+    explicit = vars(build_parser(runs.dataset_of(argv, DEFAULTS["dataset"])).parse_args(argv))
     if "resume" in explicit:
         cfg = runs.resume_config(explicit, "jointvae", _normalize)
     else:
@@ -215,6 +207,7 @@ def make_config(argv=None):
         dataset = explicit.get("dataset", cfg["dataset"])
         cfg.update(PRESETS[dataset])
         cfg.update(explicit)
+        runs.use_pretrained(cfg, "jointvae")
         _normalize(cfg)
     validate_config(cfg)
     return cfg
@@ -222,11 +215,7 @@ def make_config(argv=None):
 
 def validate_config(cfg):
     """One ValueError sentence per bad flag combination."""
-    runs.check_finite_flags(cfg, ("temperature", "gamma", "beta", "lr", "epochs", "time_budget", "c_cont", "c_disc"))
-    if cfg["time_budget"] is not None and cfg["time_budget"] <= 0:
-        raise ValueError(f"--time-budget {cfg['time_budget']}: give the minutes a slice may run (> 0).")
-    if cfg["seed"] < 0:
-        raise ValueError(f"--seed {cfg['seed']}: seeds are integers >= 0.")
+    runs.validate_run_flags(cfg, ('temperature', 'gamma', 'beta', 'c_cont', 'c_disc'))
     if cfg["cont"] < 0 or (cfg["cont"] == 0 and not cfg["disc"]):
         raise ValueError("need at least one latent: set --cont >= 1 or give --disc.")
     if any(k < 2 for k in cfg["disc"]):
@@ -242,18 +231,6 @@ def validate_config(cfg):
         c_min, c_max, iters = cfg[name]
         if c_min < 0 or c_max < c_min or iters <= 0:
             raise ValueError(f"--{name.replace('_', '-')} {cfg[name]}: need 0 <= MIN <= MAX and ITERS > 0.")
-    if cfg["lr"] <= 0 or cfg["batch_size"] < 1:
-        raise ValueError("--lr must be > 0 and --batch-size >= 1.")
-    if cfg["iterations"] is not None and cfg["iterations"] < 0:
-        raise ValueError("--iterations must be >= 0.")
-    if cfg["epochs"] is not None and cfg["epochs"] < 0:
-        raise ValueError("--epochs must be >= 0.")
-    if cfg["log_every"] < 1 or cfg["save_every"] < 1:
-        raise ValueError("--log-every and --save-every must be >= 1.")
-    if cfg["eval_samples"] is not None and cfg["eval_samples"] < 1:
-        raise ValueError("--eval-samples must be >= 1.")
-    if cfg["eval_only"] and not cfg.get("checkpoint"):
-        raise ValueError("--eval-only needs --checkpoint PATH (ours or the author's model.pt).")
 
 
 def objective_name(cfg):
@@ -398,10 +375,12 @@ def jointvae_loss(x, x_logits, mu, logvar, alphas, step, gamma, c_cont, c_disc, 
     Returns a dict of 0-dim tensors (no host sync), per-unit KLs for logging, and
     the capacities c_cont, c_disc as plain floats (they depend on step only).
     """
-    batch = x.shape[0]
-    # -E_q[log p(x|z,c)] with Bernoulli p: cross-entropy summed over pixels and
-    # channels, averaged over the batch (the scale App. C's gamma and C were set for).
-    recon = F.binary_cross_entropy_with_logits(x_logits, x, reduction="sum") / batch
+    batch, channels = x.shape[0], x.shape[1]
+    # -E_q[log p(x|z,c)] with Bernoulli p: cross-entropy summed over pixels (H*W) and
+    # averaged over the batch AND the channels, as the author's code computes it
+    # (BCE(recon.view(-1, H*W), x.view(-1, H*W)) * H*W): the scale App. C's gamma and C were
+    # tuned for. One channel: the plain per-image sum; RGB (CelebA): 1/3 of it.
+    recon = F.binary_cross_entropy_with_logits(x_logits, x, reduction="sum") / (batch * channels)
 
     # eq. 5: the joint KL splits into a continuous and a discrete part (App. A.2).
     kl_cont_units = kl_normal(mu, logvar).mean(dim=0)                     # (D,) batch mean per unit
@@ -476,15 +455,10 @@ def train(cfg, device, argv=()):
     print(f"{cfg['objective']} on {cfg['dataset']} ({len(ds)} images {ds.image_size}), "
           f"{total} iterations, {nets.count_parameters(model)} parameters, device {device}")
 
-    ckpt_path = os.path.join(out, "checkpoint.pt")
-    log_file, writer = runs.open_log(out, log_columns(cfg), step, cfg.get("resume_changes"))
-    progress = runs.progress(total, step, cfg["no_progress"])
-    budget = runs.TimeBudget(cfg["time_budget"])
+    log = runs.TrainLog(cfg, log_columns(cfg), step, total, device, window, "jointvae", argv)
     stream = data.batches(ds, cfg["batch_size"], seed=cfg["seed"], start_step=step)
     model.train()
-    window = runs.LogWindow(device, window)  # sums since the last log row, kept across a resume
     finite = torch.ones((), dtype=torch.bool, device=device)
-    t_start, start_step, stopped = time.perf_counter(), step, False
     try:
         while step < total:
             _, x = next(stream)                               # (B, C, H, W) in [0, 1]
@@ -497,41 +471,23 @@ def train(cfg, device, argv=()):
             terms["loss"].backward()
             optimizer.step()
             # Accumulate on the device; the host reads them once per --log-every.
-            window.add(torch.cat([torch.stack([terms[k].detach() for k in ("loss", "recon", "kl_cont", "kl_disc")]),
-                                  terms["kl_cont_units"].detach(), terms["kl_disc_vars"].detach()]))  # (4 + D + V,)
+            log.add(torch.cat([torch.stack([terms[k].detach() for k in ("loss", "recon", "kl_cont", "kl_disc")]),
+                               terms["kl_cont_units"].detach(), terms["kl_disc_vars"].detach()]))  # (4 + D + V,)
             finite &= torch.isfinite(terms["loss"].detach())
-            if step % cfg["log_every"] == 0 or step == total:
+            if log.due(step):
                 if not bool(finite):
                     raise FloatingPointError(step)
-                n_rows = window.n
-                values, _, seconds = window.read()
+                values, _ = log.read()
                 values = values[:4] + [terms["c_cont"], terms["c_disc"]] + values[4:]
-                writer.writerow([step] + [f"{v:.6g}" for v in values]
-                                + [f"{seconds:.3f}", f"{n_rows * x.shape[0] / seconds:.1f}"])
-                log_file.flush()
-                progress.set_postfix(loss=f"{values[0]:.1f}", recon=f"{values[1]:.1f}",
-                                     kl_z=f"{values[2]:.2f}", kl_c=f"{values[3]:.2f}", refresh=False)
-                if start_step is not None:  # once, after the first log interval
-                    print(runs.eta_line(step, total, (time.perf_counter() - t_start) / (step - start_step)))
-                    start_step = None
-            progress.update(1)
-            stopped = step < total and budget.expired()
-            if step % cfg["save_every"] == 0 or step == total or stopped:
-                if not bool(finite):
-                    raise FloatingPointError(step)
-                runs.save_checkpoint(ckpt_path, model, optimizer, step, cfg, "jointvae", window.state())
-            if stopped:
+                log.write(step, values, x.shape[0], loss=values[0], recon=values[1], kl_z=values[2], kl_c=values[3])
+            if log.end_step(step, model, optimizer, finite):
                 break
     except FloatingPointError:
-        raise FloatingPointError(runs.nan_message(step, ckpt_path, cfg["save_every"],
+        raise FloatingPointError(runs.nan_message(step, log.ckpt_path, cfg["save_every"],
                                                   "lower --lr or --gamma, or check the input data")) from None
     finally:
-        budget.close()
-        progress.close()
-        log_file.close()
-    if stopped:
-        print(runs.paused_message(cfg, step, total, "jointvae.py", argv, budget), flush=True)
-    return model, step, cfg, not stopped
+        log.close()
+    return model, step, cfg, log.finish(step)
 
 
 # ---------------------------------------------------------------------------
@@ -563,24 +519,14 @@ def joint_code(alphas, disc):
     return code
 
 
-def _try(metric_name, fn, reasons):
-    """Run one metric; a metric the data cannot support becomes null with its reason."""
-    try:
-        return fn()
-    except ValueError as err:
-        reasons[metric_name] = str(err)
-        return None
-
-
 @torch.no_grad()
 def evaluate(model, cfg, device, step, log_path=None):
     """Encode the evaluation split (or a subset) and write metrics.json and the figures."""
     out = cfg["out"]
     os.makedirs(out, exist_ok=True)
     ds = load_dataset(cfg, cfg["eval_split"])
-    g = torch.Generator().manual_seed(cfg["seed"] + 1)
-    n = len(ds) if cfg["eval_samples"] is None else min(cfg["eval_samples"], len(ds))
-    indices = torch.randperm(len(ds), generator=g)[:n] if n < len(ds) else torch.arange(len(ds))  # (N,)
+    indices = metrics.eval_indices(len(ds), cfg["eval_samples"], cfg["seed"])  # (N,)
+    n = len(indices)
     t0 = time.perf_counter()
     mu, logvar, alphas = encode_dataset(model, ds, indices, device, cfg["eval_batch_size"])
     reasons = {}
@@ -597,31 +543,24 @@ def evaluate(model, cfg, device, step, log_path=None):
         pred = joint_code(alphas, cfg["disc"])                          # (N,)
         res["accuracy_hungarian"] = metrics.cluster_accuracy(pred, labels, mapping="hungarian")
         res["accuracy_majority"] = metrics.cluster_accuracy(pred, labels, mapping="majority")
-        conf = metrics.confusion_matrix(pred, labels)
-        viz.save_matrix(conf, os.path.join(out, "confusion.png"), xlabel="true label",
-                        ylabel="argmax q(c|x)", title="discrete code vs label (sec. 4.3)")
+        viz.save_confusion(pred, labels, int(np.prod(cfg["disc"])), data.CLASS_NAMES[cfg["dataset"]],
+                           os.path.join(out, "confusion.png"), "argmax q(c|x)", "discrete code vs class (sec. 4.3)")
     else:
         for key in ("accuracy_hungarian", "accuracy_majority"):
             res[key] = None
             reasons[key] = "no labels" if labels is None else "no discrete latent (--disc is empty)"
 
-    if ds.factors is not None:
-        factors = ds.factors[indices]                                   # (N, K)
-        disc_codes = torch.stack([a.argmax(dim=1) for a in alphas], dim=1) if alphas else None  # (N, V)
-        codes_logvar = logvar if cfg["cont"] else None
-        res["mig"] = _try("mig", lambda: metrics.mig(mu, factors, logvar=codes_logvar,
-                                                     discrete_codes=disc_codes, seed=cfg["seed"])["mig"], reasons)
-        if len(ds.factor_names) == 5 and ds.factor_names[0] == "shape":
-            # Chen et al. Table 2 score dSprites on scale, rotation, posX, posY only.
-            res["mig_4factors"] = _try("mig_4factors", lambda: metrics.mig(
-                mu, factors, logvar=codes_logvar, discrete_codes=disc_codes,
-                factor_subset=[1, 2, 3, 4], seed=cfg["seed"])["mig"], reasons)
-        res["factor_vae_score"] = _try("factor_vae_score", lambda: _factor_vae(
-            model, ds, mu, factors, alphas, kl_units, cfg, device), reasons)
-    else:
-        for key in ("mig", "factor_vae_score"):
-            res[key] = None
-            reasons[key] = "no ground-truth factors for this data set"
+    disc_codes = torch.stack([a.argmax(dim=1) for a in alphas], dim=1) if alphas else None  # (N, V)
+
+    def encode(idx):  # FactorVAE vote images: (mu, joint code of c) in large no-grad batches
+        v_mu, _, v_alphas = encode_dataset(model, ds, idx, device, 4 * cfg["eval_batch_size"])
+        return v_mu, joint_code(v_alphas, cfg["disc"]) if v_alphas else None
+
+    scores, _ = metrics.factor_scores(
+        ds, indices, mu if cfg["cont"] else torch.zeros(n, 0), logvar if cfg["cont"] else None,
+        kl_units if cfg["cont"] else None, encode, cfg["metric_votes"], cfg["seed"], reasons,
+        discrete_codes=joint_code(alphas, cfg["disc"]) if alphas else None, mig_discrete=disc_codes)
+    res.update(scores)
     res["null_reasons"] = reasons
     res["eval_seconds"] = round(time.perf_counter() - t0, 2)
     # The discrete value most images are assigned to: the continuous traversals hold c there.
@@ -640,61 +579,45 @@ def _eval_recon(model, ds, indices, device, batch_size):
     return total / max(len(indices), 1)  # nats per image, summed over pixels
 
 
-def _factor_vae(model, ds, mu, factors, alphas, kl_units, cfg, device):
-    """Kim & Mnih score in the form of Jeong & Song supp. C (pruning, per-dim variance
-    normalisation over the evaluated codes, the discrete code as one more dim).
-
-    On a full factor grid (shapes, dsprites) each vote's L = 100 images with one factor
-    fixed are drawn from the grid and encoded, not picked from the evaluated subset,
-    so the score does not depend on --eval-samples beyond the normalising variances.
-    """
-    kw = dict(kl_per_dim=kl_units if cfg["cont"] else None, n_votes=cfg["metric_votes"], seed=cfg["seed"])
-    disc_codes = joint_code(alphas, cfg["disc"]) if alphas else None     # (N,)
-    if ds.factor_sizes is not None and len(ds) == int(np.prod(ds.factor_sizes)):
-        vote_factor, vote_idx = metrics.grid_votes(ds.factor_sizes, cfg["metric_votes"], 100, cfg["seed"])
-        m, l = vote_idx.shape                                             # (M, L)
-        v_mu, _, v_alphas = encode_dataset(model, ds, vote_idx.reshape(-1), device, cfg["eval_batch_size"])
-        kw["votes"] = dict(factor=vote_factor, codes=v_mu.reshape(m, l, -1))  # codes (M, L, D)
-        if v_alphas:
-            kw["votes"]["discrete_codes"] = joint_code(v_alphas, cfg["disc"]).reshape(m, l)  # (M, L)
-    codes = mu if cfg["cont"] else torch.zeros(len(factors), 0)           # (N, D)
-    return metrics.factor_vae_score(codes, factors, discrete_codes=disc_codes, **kw)["score"]
-
-
 def save_figures(model, cfg, ds, indices, kl_units, typical, device, log_path=None):
-    """Reconstructions, samples per discrete value (Fig. 4a), ranked traversals (Fig. 7b,
-    App. G), the discrete traversal (Fig. 4c) and KL during training (Fig. 7a)."""
+    """Reconstructions, samples per discrete value (Fig. 4a MNIST, 4b Fashion-MNIST), ranked
+    traversals (Fig. 7b, App. G), Fig. 2's traversals from random settings, the discrete
+    traversal (Fig. 4c) and KL during training (Fig. 7a)."""
     out = cfg["out"]
     model.eval()
     decode = lambda latent: torch.sigmoid(model.decode(latent.to(device))).cpu()  # noqa: E731
     x = ds.batch(indices[:8]).to(device)                                            # (8, C, H, W)
-    recon = torch.sigmoid(model(x)["x_logits"]).cpu()
-    viz.save_image_grid(torch.cat([x.cpu(), recon]), os.path.join(out, "reconstructions.png"), nrow=8,
-                        row_labels=["data", "recon"], title="top: data, bottom: reconstruction")
-    d, disc = cfg["cont"], cfg["disc"]
-    n_cols = 10
+    viz.save_reconstructions(x, torch.sigmoid(model(x)["x_logits"]), os.path.join(out, "reconstructions.png"))
+    d, disc, n_cols = cfg["cont"], cfg["disc"], 10
     g = torch.Generator().manual_seed(cfg["seed"])
-    configs = _disc_configs(disc)[:20]                                              # rows: discrete values
+    all_configs = _disc_configs(disc)                                               # (prod K, Ktot)
+    configs = all_configs[:20]                                                      # rows: discrete values
+    fig4 = "Fig. 4b" if cfg["dataset"] == "fashion-mnist" else "Fig. 4a"
     if disc:
-        # Fig. 4a: each row fixes the discrete code, z ~ p(z) = N(0, I) across the row.
+        # Fig. 4a/b: each row fixes the discrete code, z ~ p(z) = N(0, I) across the row.
         z = torch.randn(n_cols, d, generator=g)                                     # (cols, D)
         lat = torch.stack([torch.cat([z, c.expand(n_cols, -1)], dim=1) for c in configs])  # (rows, cols, D+Ktot)
         viz.save_traversal(decode, lat, os.path.join(out, "samples_per_discrete.png"),
                            row_labels=[f"c={i}" for i in range(len(configs))],
-                           title="samples, discrete code fixed per row (Fig. 4a)")
+                           title=f"samples, discrete code fixed per row ({fig4})")
     # App. G: traversal values Phi^-1(0.05) .. Phi^-1(0.95), rows ranked by KL (Fig. 7b).
     ppf = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n_cols))  # (cols,)
-    base_c = _disc_configs(disc)[typical]                                          # (Ktot,)
     if d:
-        order = np.argsort(-np.asarray(kl_units))
-        rows = []
-        for j in order:
-            z = torch.zeros(n_cols, d)                                              # (cols, D)
-            z[:, j] = ppf
-            rows.append(torch.cat([z, base_c.expand(n_cols, -1)], dim=1))           # (cols, D+Ktot)
-        viz.save_traversal(decode, torch.stack(rows), os.path.join(out, "traversals.png"),
-                           row_labels=[f"z{j}: {kl_units[j]:.2f} nats" for j in order],
+        rows, labels = viz.unit_traversals(ppf, kl_units, all_configs[typical])    # (D, cols, D+Ktot)
+        viz.save_traversal(decode, rows, os.path.join(out, "traversals.png"), row_labels=labels,
                            title="continuous traversals ranked by KL (Fig. 7b, App. G)")
+        # Fig. 2: each block varies one unit (the 3 most informative) across the columns;
+        # each row is a fixed random setting of the other latents (z ~ p(z), a random c).
+        blocks, labels = [], []
+        for j in np.argsort(-np.asarray(kl_units))[:3]:
+            for r in range(3):
+                z = torch.randn(1, d, generator=g).expand(n_cols, -1).clone()      # (cols, D)
+                z[:, j] = ppf
+                c = all_configs[int(torch.randint(len(all_configs), (1,), generator=g))]
+                blocks.append(torch.cat([z, c.expand(n_cols, -1)], dim=1))           # (cols, D+Ktot)
+                labels.append(f"z{j}, setting {r + 1}")
+        viz.save_traversal(decode, torch.stack(blocks), os.path.join(out, "traversals_fig2.png"),
+                           row_labels=labels, title="one unit varied per block, rows: random settings (Fig. 2)")
     if disc:
         # Fig. 4c: rows = discrete values, columns = the most informative unit traversed.
         rows = []
@@ -706,17 +629,8 @@ def save_figures(model, cfg, ds, indices, kl_units, typical, device, log_path=No
         viz.save_traversal(decode, torch.stack(rows), os.path.join(out, "traversal_discrete.png"),
                            row_labels=[f"c={i}" for i in range(len(configs))],
                            title="discrete value per row x most informative unit (Fig. 4c)")
-    if log_path and os.path.exists(log_path):
-        log = viz.read_log(log_path)
-        if len(log.get("step", [])) > 0:
-            curves = {f"z{j}": log[f"kl_z{j}"] for j in range(d)}
-            curves.update({f"c{i}": log[f"kl_c{i}"] for i in range(len(disc))})
-            hl = {"C_c clip sum log K": sum(math.log(k) for k in disc)} if disc else None
-            viz.plot_curves(curves, os.path.join(out, "kl_during_training.png"), x=log["step"],
-                            ylabel="KL (nats), batch mean", title="KL per unit during training (Fig. 7a)",
-                            hlines=hl)
-            viz.plot_curves({"loss": log["loss"], "recon": log["recon"]}, os.path.join(out, "loss.png"),
-                            x=log["step"], ylabel="nats per image", title="training loss", logy=True)
+    viz.save_log_figures(log_path, out, "KL per unit during training (Fig. 7a)",
+                         hlines={"C_c clip sum log K": sum(math.log(k) for k in disc)} if disc else None)
 
 
 def _disc_configs(disc):
@@ -757,7 +671,7 @@ def run(cfg, argv=()):
                 cfg[key] = ckpt["config"][key]
             state, step = ckpt["model"], int(ckpt["step"])
         print(f"latent sizes from the checkpoint: --cont {cfg['cont']} --disc {' '.join(map(str, cfg['disc']))}")
-        runs.check_out_dir(cfg["out"], new_run=True, overwrite=cfg["overwrite"])
+        runs.check_out_dir(cfg["out"], new_run=True, overwrite=cfg["overwrite"], evaluation=True)
         ds_probe = load_dataset(cfg, cfg["eval_split"])
         model = build_model(cfg, ds_probe.image_size)
         if state is None:

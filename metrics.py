@@ -611,7 +611,7 @@ def grid_votes(factor_sizes, n_votes, subset_size, seed, factor_subset=None, *, 
 
 def factor_vae_score(codes, factors, kl_per_dim=None, discrete_codes=None, n_votes=800,
                      subset_size=100, seed=0, votes=None, *, factor_subset=None,
-                     prune_threshold=PRUNE_THRESHOLD, n_eval_votes=0, balanced=True):
+                     prune_threshold=PRUNE_THRESHOLD, n_eval_votes=0, balanced=True, constant_discrete="drop"):
     """Kim & Mnih (2018) disentanglement score in the exact form of Jeong & Song (2019) supp. C.
 
     1. Prune continuous dims whose mean KL (`kl_per_dim`, e.g. from `kl_per_unit`) is
@@ -651,6 +651,10 @@ def factor_vae_score(codes, factors, kl_per_dim=None, discrete_codes=None, n_vot
             predicts no factor, so its evaluation votes count as errors).
         balanced: M/K votes per factor in random order (as the CascadeVAE authors'
             released evaluation does) instead of a uniformly drawn factor per vote.
+        constant_discrete: "drop" (default) leaves a discrete code that takes one value
+            over the data out of the vote, like a constant continuous dim; "authors" keeps
+            it and divides by var + 1e-10 as the CascadeVAE authors' evaluation does, so a
+            collapsed code (0 / 1e-10 = 0) wins every vote and the score is 1/K.
 
     Returns a dict: "score"; "vote_matrix" (J_kept, K) int64 training votes, rows =
     "latents" (kept continuous dims "z<j>", then "c<m>"), columns = factor indices;
@@ -685,8 +689,14 @@ def factor_vae_score(codes, factors, kl_per_dim=None, discrete_codes=None, n_vot
         raise ValueError("discrete_codes must hold non-negative integer labels; shift them to start at 0.")
     var_disc = np.array([_variance_discrete(disc[:, m], disc_sizes[m])
                          for m in range(disc.shape[1])])  # (M_disc,)
-    keep_disc = np.nonzero(var_disc > 0)[0]  # a constant discrete code is dropped like a constant dim
-    v = np.concatenate([var_full[kept], var_disc[keep_disc]])  # (J_kept,)
+    if constant_discrete == "authors":
+        keep_disc = np.arange(disc.shape[1])  # the authors' var + 1e-10: a constant code stays, and wins
+        v = np.concatenate([var_full[kept] + 1e-10, var_disc + 1e-10])  # (J_kept,)
+    elif constant_discrete == "drop":
+        keep_disc = np.nonzero(var_disc > 0)[0]  # a constant discrete code is dropped like a constant dim
+        v = np.concatenate([var_full[kept], var_disc[keep_disc]])  # (J_kept,)
+    else:
+        raise ValueError(f"constant_discrete must be 'drop' or 'authors', got {constant_discrete!r}.")
 
     rng = np.random.default_rng(seed)
     if votes is None:
@@ -785,3 +795,99 @@ def factor_vae_score(codes, factors, kl_per_dim=None, discrete_codes=None, n_vot
         classifier=classifier,
     )
     return result
+
+
+# --------------------------------------------------------------------------- evaluation helpers
+
+
+def try_metric(name, fn, reasons):
+    """Run one metric; a metric the data cannot support becomes None, its reason recorded
+    in `reasons[name]` (metrics.json's null_reasons)."""
+    try:
+        return fn()
+    except ValueError as err:
+        reasons[name] = str(err)
+        return None
+
+
+def eval_indices(n_data, n_samples, seed):
+    """The evaluated images: all, or a random subset of n_samples drawn with seed + 1 (N,)."""
+    n = n_data if n_samples is None else min(int(n_samples), n_data)
+    if n == n_data:
+        return torch.arange(n_data)                                       # (N,)
+    g = torch.Generator().manual_seed(int(seed) + 1)
+    return torch.randperm(n_data, generator=g)[:n]                        # (N,)
+
+
+def is_dsprites_grid(ds):
+    """dSprites' (shape, scale, orientation, posX, posY) grid, real or procedural."""
+    return ds.factor_names is not None and len(ds.factor_names) == 5 and ds.factor_names[0] == "shape"
+
+
+def factor_scores(ds, indices, codes, logvar, kl_per_dim, encode, n_votes, seed, reasons, discrete_codes=None,
+                  mig_discrete=None, subset_size=100):
+    """MIG and the FactorVAE score of the evaluated codes, as metrics.json reports them.
+
+    codes (N, D) posterior means and logvar (N, D) of ds[indices]; discrete_codes (N,) the
+    discrete code read as one more FactorVAE dim, mig_discrete (N,) or (N, V) the discrete
+    latents MIG scores (default: discrete_codes); encode(idx) -> (codes (n, D), discrete
+    (n,) or None) for images not evaluated.
+    MIG is computed once over all factors; on dSprites the headline `mig` is Chen et al.'s
+    (Table 2, sec. 6.1: scale, rotation, posX, posY, shape treated as noise) read from the
+    same I(z_j; v_k) matrix, and the five-factor value is `mig_5factors`. On a full factor
+    grid each FactorVAE vote's images are drawn from the grid; those already evaluated
+    reuse their codes and the rest are encoded once.
+    Returns (dict of scores, the full MIG result or None).
+    """
+    out = {}
+    if ds.factors is None:
+        for key in ("mig", "factor_vae_score"):
+            out[key] = None
+            reasons[key] = "no ground-truth factors for this data set"
+        return out, None
+    factors = ds.factors[indices]                                         # (N, K)
+    mig_disc = discrete_codes if mig_discrete is None else mig_discrete
+    mig_res = try_metric("mig", lambda: mig(codes, factors, logvar=logvar, discrete_codes=mig_disc,
+                                            seed=seed), reasons)
+    if is_dsprites_grid(ds):
+        out["mig"] = None if mig_res is None else float(np.mean(mig_res["gaps"][1:]))
+        out["mig_5factors"] = None if mig_res is None else mig_res["mig"]
+    else:
+        out["mig"] = None if mig_res is None else mig_res["mig"]
+
+    def score():
+        kw = dict(kl_per_dim=kl_per_dim, n_votes=n_votes, seed=seed, subset_size=subset_size)
+        if ds.factor_sizes is not None and len(ds) == int(np.prod(ds.factor_sizes)):
+            vote_factor, vote_idx = grid_votes(ds.factor_sizes, n_votes, subset_size, seed)
+            m, l = vote_idx.shape                                         # (M, L)
+            v_codes, v_disc = encode_reusing(vote_idx.reshape(-1), indices, codes, discrete_codes, encode, len(ds))
+            kw["votes"] = dict(factor=vote_factor, codes=v_codes.reshape(m, l, -1))  # (M, L, D)
+            if v_disc is not None:
+                kw["votes"]["discrete_codes"] = v_disc.reshape(m, l)      # (M, L)
+        return factor_vae_score(codes, factors, discrete_codes=discrete_codes, **kw)["score"]
+
+    out["factor_vae_score"] = try_metric("factor_vae_score", score, reasons)
+    return out, mig_res
+
+
+def encode_reusing(idx, known_idx, known_codes, known_discrete, encode, n_data):
+    """Codes of the images `idx` (n,): rows already in (known_idx, known_codes) are copied,
+    the others encoded once with `encode` (each distinct image once). -> (n, D), (n,) or None."""
+    idx = torch.as_tensor(idx, dtype=torch.long)                          # (n,)
+    where = torch.full((n_data,), -1, dtype=torch.long)                   # (N_data,) row in known_*
+    where[torch.as_tensor(known_idx, dtype=torch.long)] = torch.arange(len(known_idx))
+    pos = where[idx]                                                      # (n,)
+    known = pos >= 0
+    codes = torch.empty(len(idx), known_codes.shape[1], dtype=known_codes.dtype)  # (n, D)
+    codes[known] = known_codes[pos[known]]
+    disc = None if known_discrete is None else torch.empty(len(idx), dtype=torch.long)  # (n,)
+    if disc is not None:
+        disc[known] = torch.as_tensor(known_discrete)[pos[known]].long()
+    todo = idx[~known]
+    if len(todo):
+        uniq, inverse = torch.unique(todo, return_inverse=True)           # (u,), (n_todo,)
+        new_codes, new_disc = encode(uniq)
+        codes[~known] = torch.as_tensor(new_codes, dtype=codes.dtype)[inverse]
+        if disc is not None:
+            disc[~known] = torch.as_tensor(new_disc).long()[inverse]
+    return codes, disc

@@ -16,6 +16,7 @@ The rules a user can rely on:
     os.replace): a crash or a full disk leaves the previous file intact.
 """
 
+import argparse
 import csv
 import io
 import json
@@ -33,7 +34,7 @@ import torch
 # Files that make a folder "a run": a new run refuses to start beside them.
 RUN_FILES = ("checkpoint.pt", "log.csv", "metrics.json", "config.json")
 # Files a run writes that --overwrite removes with them (figures are *.png).
-STALE_FILES = RUN_FILES + ("checkpoint.pt.tmp", "stdout.log", "reproduce.json")
+STALE_FILES = RUN_FILES + ("checkpoint.pt.tmp", "stdout.log", "reproduce.json", "eval_config.json")
 
 # Flags that change only how a resumed run goes on (length, logging, hardware, evaluation):
 # applied on --resume. Every other key changes the model, the data or the objective.
@@ -41,12 +42,13 @@ CONTINUE_KEYS = frozenset({
     "iterations", "epochs", "log_every", "save_every", "no_progress", "device", "eval_samples",
     "eval_batch_size", "metric_votes", "no_eval", "time_budget", "data_dir", "download",
     "eval_split", "out", "resume", "checkpoint", "overwrite", "force_resume", "eval_only",
-    "decomp_samples", "pretrained",
+    "decomp_samples", "pretrained", "weights_dir", "traversal_range",
 })
 
 
 # Flags that hold for one invocation only: a resume does not inherit them from the run.
-PER_INVOCATION = frozenset({"time_budget", "overwrite", "force_resume", "resume", "checkpoint", "eval_only"})
+PER_INVOCATION = frozenset({"time_budget", "overwrite", "force_resume", "resume", "checkpoint", "eval_only",
+                            "pretrained", "weights_dir"})
 
 
 class RunError(RuntimeError):
@@ -193,6 +195,80 @@ def truncate_log(log_path, step):
 
 
 # ---------------------------------------------------------------------------
+# Released weights: results/weights/<method>-<dataset>-s<seed>.pt and manifest.json
+# ---------------------------------------------------------------------------
+
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "weights")
+
+
+def use_pretrained(cfg, method, variant=None):
+    """--pretrained: evaluate the released weights of (dataset, seed) like --eval-only --checkpoint."""
+    if cfg.get("pretrained"):
+        cfg["checkpoint"] = pretrained_path(variant or method, cfg["dataset"], cfg["seed"],
+                                            cfg.get("weights_dir") or WEIGHTS_DIR)
+        cfg["eval_only"] = True
+        if cfg.get("out") is None:
+            cfg["out"] = os.path.join("runs", f"{method}-{cfg['dataset']}-pretrained-s{cfg['seed']}")
+
+
+def weights_name(method, dataset, seed):
+    """`method` is the script, or a named variant of it (btcvae.py --beta-vae: "betavae")."""
+    return f"{method}-{dataset}-s{seed}.pt"
+
+
+def read_manifest(weights_dir=WEIGHTS_DIR):
+    path = os.path.join(weights_dir, "manifest.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return json.load(f)["weights"]
+
+
+def pretrained_path(name, dataset, seed, weights_dir=WEIGHTS_DIR):
+    """The released weights of (name, dataset, seed), or one sentence naming those that exist."""
+    path = os.path.join(weights_dir, weights_name(name, dataset, seed))
+    if os.path.isfile(path):
+        return path
+    have = [f"--dataset {e['dataset']} --seed {e['seed']}" for e in read_manifest(weights_dir) if e["name"] == name]
+    method = name
+    raise FileNotFoundError(f"no released {method}.py weights for --dataset {dataset} --seed {seed} in {weights_dir}; "
+                            + (f"released: {', '.join(have)}." if have else "none are released yet."))
+
+
+def release(run_dir, method, weights_dir=WEIGHTS_DIR, name=None, **provenance):
+    """Write a finished run's model as float16 weights (with the config that rebuilds it)
+    and record it in manifest.json with the metrics its run measured, on which split, and
+    `provenance` (protocol, command, wall time, device)."""
+    ckpt = load_checkpoint(checkpoint_path(run_dir), method)
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    if not os.path.isfile(metrics_path):
+        raise RunError(f"{run_dir} has no metrics.json: only finished, evaluated runs are released.")
+    with open(metrics_path) as f:
+        res = json.load(f)
+    cfg = ckpt["config"]
+    label = name or method
+    name = weights_name(label, cfg["dataset"], cfg["seed"])
+    os.makedirs(weights_dir, exist_ok=True)
+    # float16 halves the files; a test checks that the metrics survive the rounding.
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in ckpt["model"].items()}
+    keep = {k: v for k, v in cfg.items() if k not in ("resume", "resume_changes", "out", "checkpoint", "data_dir")}
+    _atomic_write(os.path.join(weights_dir, name),
+                  lambda f: torch.save(dict(model=state, config=keep, step=ckpt["step"], method=method), f),
+                  binary=True)
+    scalar = {k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    entry = dict(file=name, name=label, method=method, dataset=cfg["dataset"], seed=cfg["seed"],
+                 updates=int(ckpt["step"]), train_split=cfg.get("train_split"), eval_split=res.get("eval_split"),
+                 n_eval=res.get("n_eval"), metrics=scalar, **provenance)
+    entries = [e for e in read_manifest(weights_dir) if e["file"] != name] + [entry]
+    entries.sort(key=lambda e: (e["method"], e["dataset"], e["seed"]))
+    write_json(os.path.join(weights_dir, "manifest.json"), dict(
+        note="Released float16 weights of finished runs; metrics as measured by the run's own evaluation "
+             "(float32) on eval_split. Evaluate one with: python <method>.py --dataset D --seed S --pretrained.",
+        weights=entries))
+    return os.path.join(weights_dir, name), entry
+
+
+# ---------------------------------------------------------------------------
 # Run folders and configs
 # ---------------------------------------------------------------------------
 
@@ -211,7 +287,7 @@ def read_log_rows(path):
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
 
 
-def check_out_dir(out, new_run, overwrite=False):
+def check_out_dir(out, new_run, overwrite=False, evaluation=False):
     """Before anything is written: the folder can be used, and a new run never lands on an
     old one (unless --overwrite, which removes the old run's files first)."""
     probe = os.path.abspath(out)
@@ -227,11 +303,13 @@ def check_out_dir(out, new_run, overwrite=False):
         raise RunError(f"--out {out}: {probe} is not writable; choose a folder you can write to.")
     if not new_run or not os.path.isdir(out):
         return
-    found = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
+    # An evaluation may replace an older evaluation (metrics, figures), never a training run.
+    guarded = ("checkpoint.pt", "log.csv", "config.json") if evaluation else RUN_FILES
+    found = [f for f in guarded if os.path.exists(os.path.join(out, f))]
     if found and not overwrite:
         raise RunError(f"{out} already holds a run ({', '.join(found)}); continue it with --resume {out}, "
                        "or start afresh there with --overwrite (which deletes that run).")
-    if found or overwrite:
+    if found or overwrite or evaluation:
         for name in os.listdir(out):
             if name in STALE_FILES or name.endswith(".png"):
                 os.remove(os.path.join(out, name))
@@ -290,6 +368,94 @@ def format_config(cfg):
     """The merged config as an aligned block, one key per line."""
     width = max(len(k) for k in cfg)
     return "\n".join(f"  {k:<{width}}  {json.dumps(v) if not isinstance(v, str) else v}" for k, v in cfg.items())
+
+
+def add_run_flags(p, method, data_help):
+    """The flags every script has: where the data is, the run folder, logging, evaluation,
+    resuming. The method's own flags (latents, objective, optimiser, length) stay in its file."""
+    p.add_argument("--data-dir", help=data_help)
+    p.add_argument("--no-download", dest="download", action="store_false", help="never try to download")
+    p.add_argument("--train-split", choices=["train", "test"], help="split to train on")
+    p.add_argument("--eval-split", choices=["train", "test"], help="split to evaluate on")
+    p.add_argument("--seed", type=int, help="seeds every generator; the run folder's default name has it")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--out", help=f"run folder (default runs/{method}-<dataset>-s<seed>)")
+    p.add_argument("--log-every", type=int, help="updates between log.csv rows")
+    p.add_argument("--save-every", type=int, help="updates between checkpoints")
+    p.add_argument("--eval-samples", type=int, help="evaluate on a random subset of this many images (default all)")
+    p.add_argument("--eval-batch-size", type=int, help="images per batch when encoding for evaluation")
+    p.add_argument("--metric-votes", type=int, help="votes of the FactorVAE score (Jeong & Song supp. C: 800)")
+    p.add_argument("--no-eval", action="store_true", help="skip evaluation after training")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint, no training")
+    p.add_argument("--checkpoint", help=f"{method}.py checkpoint (or run folder) to evaluate")
+    p.add_argument("--pretrained", action="store_true",
+                   help="evaluate the released model of --dataset/--seed (results/weights/), no training")
+    p.add_argument("--weights-dir", help="where --pretrained looks (default: the repository's results/weights)")
+    p.add_argument("--resume", help="run folder (or its checkpoint.pt) to continue training in, exactly")
+    p.add_argument("--force-resume", action="store_true",
+                   help="with --resume: apply flags that change the model, data or objective (recorded in the log)")
+    p.add_argument("--overwrite", action="store_true", help="start a new run in an --out that holds one (deletes it)")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="stop after MINUTES with a checkpoint; continue with the same command and --resume")
+
+
+def dataset_of(argv, default):
+    """The --dataset an argv asks for (before the full parser exists: its defaults depend on it)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--dataset")
+    known, _ = pre.parse_known_args(argv)
+    return known.dataset or default
+
+
+def show_defaults(p, defaults, preset, source):
+    """Append to every flag's help the value this --dataset would use and where it comes from:
+    `source(key)` names the paper's table for preset keys; other defaults are the script's."""
+    for action in p._actions:
+        key = action.dest
+        if key in ("help", "dataset") or key not in defaults or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            continue
+        value = preset.get(key, defaults[key])
+        if value is None:
+            continue
+        shown = " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) \
+            if isinstance(value, (list, tuple)) else (f"{value:g}" if isinstance(value, float) else str(value))
+        where = f", {source(key)}" if key in preset else ""
+        action.help = (action.help + " " if action.help else "") + f"[default: {shown}{where}]"
+
+
+def normalize(cfg, defaults, sources, method):
+    """Fill what the flags leave open (in place): keys older runs lack, the splits of the
+    data set, the run folder runs/<method>-<dataset>-s<seed>."""
+    for key, value in defaults.items():
+        cfg.setdefault(key, value)
+    source = sources[cfg["dataset"]]
+    cfg["train_split"] = cfg.get("train_split") or source["train_split"]
+    cfg["eval_split"] = cfg.get("eval_split") or source["eval_split"]
+    if cfg.get("out") is None:
+        tag = "eval" if cfg["eval_only"] else f"s{cfg['seed']}"
+        cfg["out"] = os.path.join("runs", f"{method}-{cfg['dataset']}-{tag}")
+    return cfg
+
+
+def validate_run_flags(cfg, finite_keys):
+    """One ValueError sentence per bad value of a flag every script has (before anything runs)."""
+    check_finite_flags(cfg, ("lr", "epochs", "time_budget") + tuple(finite_keys))
+    checks = (
+        (cfg.get("time_budget") is not None and cfg["time_budget"] <= 0,
+         f"--time-budget {cfg.get('time_budget')}: give the minutes a slice may run (> 0)."),
+        (cfg["seed"] < 0, f"--seed {cfg['seed']}: seeds are integers >= 0."),
+        (cfg["lr"] <= 0 or cfg["batch_size"] < 1, "--lr must be > 0 and --batch-size >= 1."),
+        (cfg.get("iterations") is not None and cfg["iterations"] < 0, "--iterations must be >= 0."),
+        (cfg.get("epochs") is not None and cfg["epochs"] < 0, "--epochs must be >= 0."),
+        (cfg["log_every"] < 1 or cfg["save_every"] < 1, "--log-every and --save-every must be >= 1."),
+        (cfg["eval_samples"] is not None and cfg["eval_samples"] < 1, "--eval-samples must be >= 1."),
+        (cfg["eval_only"] and not cfg.get("checkpoint"),
+         "--eval-only needs --checkpoint PATH (a checkpoint of this script or its run folder)."),
+    )
+    for bad, message in checks:
+        if bad:
+            raise ValueError(message)
 
 
 def check_finite_flags(cfg, keys):
@@ -392,6 +558,64 @@ class LogWindow:
     def state(self):
         return dict(sums=None if self.sums is None else self.sums.cpu(), n=self.n, host=self.host,
                     seconds=self.seconds_before + time.perf_counter() - self.t_last)
+
+
+class TrainLog:
+    """The bookkeeping around a training loop: log.csv rows from a LogWindow, the progress
+    bar, the duration estimate, checkpoints every --save-every and at the end, and the
+    stop at --time-budget or on a stop signal (checkpoint first, then exit status 0)."""
+
+    def __init__(self, cfg, columns, step, total, device, window_state, method, argv=()):
+        self.cfg, self.total, self.method, self.argv = cfg, total, method, argv
+        self.ckpt_path = os.path.join(cfg["out"], "checkpoint.pt")
+        self.file, self.writer = open_log(cfg["out"], columns, step, cfg.get("resume_changes"))
+        self.progress = progress(total, step, cfg["no_progress"])
+        self.budget = TimeBudget(cfg["time_budget"])
+        self.window = LogWindow(device, window_state)
+        self.t_start, self.start_step, self.stopped = time.perf_counter(), step, False
+
+    def add(self, row, host=0.0):
+        self.window.add(row, host)
+
+    def due(self, step):
+        return step % self.cfg["log_every"] == 0 or step == self.total
+
+    def read(self):
+        """Mean of the window's rows (list) and of its host values; resets the window."""
+        self._n = self.window.n
+        values, host, self._seconds = self.window.read()
+        return values, host
+
+    def write(self, step, values, batch_size, **postfix):
+        seconds = self._seconds
+        self.writer.writerow([step] + [f"{v:.6g}" for v in values]
+                             + [f"{seconds:.3f}", f"{self._n * batch_size / seconds:.1f}"])
+        self.file.flush()
+        self.progress.set_postfix(**{k: f"{v:.2f}" for k, v in postfix.items()}, refresh=False)
+        if self.start_step is not None:  # once, after the first log interval
+            print(eta_line(step, self.total, (time.perf_counter() - self.t_start) / (step - self.start_step)))
+            self.start_step = None
+
+    def end_step(self, step, model, optimizer, finite):
+        """After each update: checkpoint when due; True when the loop must stop (budget/signal)."""
+        self.progress.update(1)
+        self.stopped = step < self.total and self.budget.expired()
+        if step % self.cfg["save_every"] == 0 or step == self.total or self.stopped:
+            if not bool(finite):
+                raise FloatingPointError(step)
+            save_checkpoint(self.ckpt_path, model, optimizer, step, self.cfg, self.method, self.window.state())
+        return self.stopped
+
+    def close(self, step=None):
+        self.budget.close()
+        self.progress.close()
+        self.file.close()
+
+    def finish(self, step):
+        """Print how to continue a paused run; True when training is finished."""
+        if self.stopped:
+            print(paused_message(self.cfg, step, self.total, self.method + ".py", self.argv, self.budget), flush=True)
+        return not self.stopped
 
 
 def nan_message(step, ckpt_path, save_every, hint):

@@ -222,3 +222,99 @@ def read_log(path):
                 value = row.get(name, "")
                 cols[name].append(float(value) if value not in ("", None) else np.nan)
     return {name: np.asarray(v, dtype=float) for name, v in cols.items()}
+
+
+# --------------------------------------------------------------------------- figure assembly
+# What the three method files' save_figures share: which latents to decode stays there.
+
+
+def save_reconstructions(x, recon, path, title="top: data, bottom: reconstruction"):
+    """x, recon (n, C, H, W) in [0, 1]: data above, reconstruction below."""
+    return save_image_grid(torch.cat([x.cpu(), recon.cpu()]), path, nrow=len(x), row_labels=["data", "recon"],
+                           title=title)
+
+
+def unit_traversals(values, kl_units, base=None):
+    """One row per continuous unit, ranked by KL (largest first): unit j takes `values`
+    (cols,), the other units 0, and `base` (L_b,) (e.g. a one-hot discrete code) is
+    appended to every latent. -> rows (D, cols, D + L_b), row labels."""
+    d, n_cols = len(kl_units), len(values)
+    base = torch.zeros(0) if base is None else torch.as_tensor(base, dtype=torch.float32)
+    order = np.argsort(-np.asarray(kl_units, dtype=float))
+    rows = []
+    for j in order:
+        z = torch.zeros(n_cols, d)                                        # (cols, D)
+        z[:, j] = values
+        rows.append(torch.cat([z, base.expand(n_cols, -1)], dim=1))       # (cols, D + L_b)
+    return torch.stack(rows), [f"z{j}: {kl_units[j]:.2f} nats" for j in order]
+
+
+def save_log_figures(log_path, out, kl_title, hlines=None):
+    """From log.csv: the KL of every unit (and discrete variable) during training and the
+    loss. Returns the log (dict of arrays), or None when there is none to draw."""
+    import os
+
+    if not log_path or not os.path.exists(log_path):
+        return None
+    log = read_log(log_path)
+    if len(log.get("step", [])) == 0:
+        return None
+    curves = {name[3:]: v for name, v in log.items() if name.startswith("kl_") and name[3] in "zc"}
+    plot_curves(curves, os.path.join(out, "kl_during_training.png"), x=log["step"], ylabel="nats, batch mean",
+                title=kl_title, hlines=hlines)
+    plot_curves({"loss": log["loss"], "recon": log["recon"]}, os.path.join(out, "loss.png"), x=log["step"],
+                ylabel="nats per image", title="training loss", logy=True)
+    return log
+
+
+def hungarian_confusion(pred, labels, n_codes, n_classes):
+    """The (K, C) confusion matrix of codes 0..K-1 (unused codes included) against classes,
+    rows reordered so that each class's Hungarian-matched code sits on the diagonal (the
+    unmatched codes last). -> matrix, row names ("c<k>")."""
+    from scipy.optimize import linear_sum_assignment
+
+    pred, labels = torch.as_tensor(pred).long(), torch.as_tensor(labels).long()
+    m = torch.zeros(n_codes, n_classes, dtype=torch.long)
+    m.index_put_((pred, labels), torch.ones_like(pred), accumulate=True)  # (K, C)
+    rows, cols = linear_sum_assignment(m.numpy(), maximize=True)
+    order = [int(r) for _, r in sorted(zip(cols, rows))]
+    order += [k for k in range(n_codes) if k not in order]
+    return m[order].numpy(), [f"c{k}" for k in order]
+
+
+def save_latent_vs_factor(mu, factors, factor_names, factor_sizes, path, series_names, active_variance=1e-2):
+    """Chen et al. supp. D / Fig. S4: for each factor (rows) but the first and each active
+    unit (columns), the mean of E[z_j|x] over the images with that factor value, one line
+    per value of the first factor (dSprites: per shape). mu (N, D) posterior means,
+    factors (N, K). A unit is active when Var_x E[z_j|x] > active_variance (0.01, as in the
+    authors' plot_latent_vs_true.py)."""
+    mu = torch.as_tensor(mu).double()
+    active = torch.nonzero(mu.var(dim=0) > active_variance).flatten().tolist()
+    title = "mean latent vs factor value, one line per shape (supp. D, Fig. S4)"
+    if not active:  # an untrained or collapsed model: show the most variable units, say so
+        active = torch.argsort(mu.var(dim=0), descending=True)[:3].tolist()
+        title = f"no unit has Var E[z|x] > {active_variance:g}, the 3 most variable shown; " + title
+    rows = list(range(1, len(factor_names)))
+    panels = []                                                           # [factor][unit] -> (x, y) per series
+    for k in rows:
+        size = factor_sizes[k]
+        panels.append([[] for _ in active])
+        for s in range(factor_sizes[0]):
+            sel = factors[:, 0] == s                                      # (N,) images of series s
+            idx = factors[sel, k]                                         # (N_s,) their value of factor k
+            count = torch.bincount(idx, minlength=size).double()          # (V,)
+            for c, j in enumerate(active):
+                total = torch.zeros(size, dtype=torch.float64).index_add_(0, idx, mu[sel, j])  # (V,)
+                mean = (total / count.clamp_min(1)).numpy()               # (V,) E[z_j | v_k, s]
+                mean[count.numpy() == 0] = np.nan
+                panels[-1][c].append((np.arange(size), mean))
+    return save_line_grid(panels, path, row_labels=[factor_names[k] for k in rows],
+                          col_labels=[f"z{j}" for j in active], series_labels=list(series_names), title=title)
+
+
+def save_confusion(pred, labels, n_codes, class_names, path, ylabel, title):
+    """K x C confusion matrix of a discrete code against the labels: every code 0..K-1 a
+    row (unused ones too), rows in Hungarian order, the classes named on the x axis."""
+    conf, row_names = hungarian_confusion(pred, labels, n_codes, len(class_names))
+    return save_matrix(conf, path, xlabel="true class", ylabel=ylabel, title=title,
+                       xticklabels=list(class_names), yticklabels=row_names)

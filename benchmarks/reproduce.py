@@ -35,12 +35,15 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import runs  # noqa: E402  (the repository's run-folder module)
 
 # Paper values: (value in %, std or None, source). Percent for accuracies and the
 # FactorVAE score, as the papers print them; MIG is a fraction in [0, 1].
@@ -109,7 +112,7 @@ PROTOCOLS = {
     "dsprites-mig": dict(
         doc="MIG of beta-TCVAE (beta = 6) vs beta-VAE (beta = 4) on dSprites (Chen et al. Fig. 3).",
         data_note="Offline runs use `shapes` (see dsprites-factorvae). Chen et al. report MIG over scale, "
-                  "rotation, posX, posY (their Table 2), shape treated as noise: our `mig_4factors`.",
+                  "rotation, posX, posY (their Table 2), shape treated as noise: our `mig`.",
         arms={
             "btcvae": dict(script="btcvae.py", args=["--dataset", "shapes", "--beta", "6"],
                            quick=["--iterations", "2000", "--batch-size", "128", "--eval-samples", "50000"]),
@@ -117,11 +120,11 @@ PROTOCOLS = {
                             quick=["--iterations", "2000", "--batch-size", "128", "--eval-samples", "50000"]),
         },
         metrics={
-            "mig_4factors": {
+            "mig": {
                 "btcvae": [(None, None, "Chen et al. 2018 Fig. 3 (box plot only; no number in the text)")],
                 "betavae": [(None, None, "Chen et al. 2018 Fig. 3 (box plot only; no number in the text)")],
             },
-            "mig": {},
+            "mig_5factors": {},
             "factor_vae_score": {},
         },
     ),
@@ -187,11 +190,26 @@ def _git_commit():
         return None
 
 
+def _released(out):
+    """The manifest entry of a run whose folder was removed after its weights were released."""
+    parent, leaf = os.path.split(os.path.normpath(out))
+    run = os.path.join(os.path.basename(parent), leaf)
+    for entry in runs.read_manifest():
+        if entry.get("run") == run:
+            return entry
+    return None
+
+
 def read_run(out):
-    """Metrics, iterations, device and wall time of one finished run folder (or None)."""
+    """Metrics, iterations, device and wall time of one finished run folder (or None); a
+    released run whose folder is gone is read from results/weights/manifest.json."""
     path = os.path.join(out, "metrics.json")
     if not os.path.isfile(path):
-        return None
+        entry = _released(out)
+        if entry is None:
+            return None
+        return dict(entry["metrics"], _iterations=entry["updates"], _device=entry.get("device"),
+                    _wall=entry.get("wall_seconds"))
     with open(path) as f:
         m = json.load(f)
     cfg = {}
@@ -321,6 +339,8 @@ def main(argv=None):
     p.add_argument("--timeout-min", type=int, default=240,
                    help="job time limit; a job that reaches it checkpoints and is requeued (default 240)")
     p.add_argument("--collect-only", action="store_true", help="only tabulate finished runs")
+    p.add_argument("--release", action="store_true",
+                   help="release the weights of finished runs to results/weights/ (and drop their results/runs/ folders)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--list", action="store_true", help="list the protocols")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: flags passed to every script")
@@ -357,6 +377,8 @@ def main(argv=None):
             else:
                 _run_all(todo, args.jobs, threads)
         rows = collect(protocol, args.quick, args.seeds, args.runs_dir, args.arms, args.results_dir)
+        if args.release and not args.dry_run:
+            release_finished(protocol, args.quick, arms, args.seeds, args.runs_dir)
         path = write_tables(protocol, args.quick, rows, args.results_dir)
         with open(path) as f:
             print(f.read())
@@ -449,6 +471,34 @@ def _submit_all(todo, threads, args, on_submitted=None):
     if failed:
         print(f"{failed} run(s) failed")
     return jobs
+
+
+def release_finished(protocol, quick, arms, seeds, runs_dir, weights_dir=runs.WEIGHTS_DIR):
+    """Release the weights of every finished run (results/weights/ + manifest.json); a run
+    folder kept in the repository between slices (results/runs/) is then removed."""
+    spec = PROTOCOLS[protocol]
+    kept_dir = os.path.join(ROOT, "results", "runs")
+    for arm in arms:
+        method = spec["arms"][arm]["script"][:-3]
+        for seed in seeds:
+            out = run_dir(runs_dir, protocol, quick, arm, seed)
+            if not os.path.isfile(os.path.join(out, "metrics.json")):
+                continue
+            info = read_run(out)
+            rep = {}
+            if os.path.isfile(os.path.join(out, "reproduce.json")):
+                with open(os.path.join(out, "reproduce.json")) as f:
+                    rep = json.load(f)
+            cmd = rep.get("command")
+            shown = " ".join(["python"] + [c.replace(ROOT + os.sep, "") for c in cmd[1:]]) if cmd else None
+            path, _ = runs.release(out, method, weights_dir, name=arm if arm != method else None,
+                                   protocol=protocol + ("-quick" if quick else ""), command=shown,
+                                   run=os.path.join(protocol + ("-quick" if quick else ""), f"{arm}-s{seed}"),
+                                   wall_seconds=info.get("_wall"), device=info.get("_device"))
+            print(f"released {os.path.relpath(path, ROOT)}")
+            if os.path.abspath(out).startswith(kept_dir + os.sep):
+                shutil.rmtree(out)
+                print(f"removed the finished run folder {os.path.relpath(out, ROOT)}")
 
 
 def _run_all(todo, jobs, threads):

@@ -347,6 +347,8 @@ def test_presets_follow_supplement_h():
     assert cfg["dataset"] == "shapes"
     assert (cfg["lr"], cfg["batch_size"], cfg["cont"], cfg["epochs"]) == (1e-3, 2048, 10, 50)
     assert (cfg["alpha"], cfg["beta"], cfg["gamma"], cfg["estimator"]) == (1.0, 6.0, 1.0, "mws")
+    assert cfg["arch"] == "mlp" and bt.make_config(["--dataset", "dsprites"])["arch"] == "mlp"  # supp. H.1
+    assert bt.make_config(["--dataset", "celeba"])["arch"] == "conv"
     assert bt.objective_name(cfg).startswith("eq. 5")
     assert bt.num_iterations(cfg, 737280) == 18000
     assert bt.make_config(["--dataset", "celeba"])["batch_size"] == 1000
@@ -377,7 +379,7 @@ def test_smoke_run_on_shapes_writes_every_file(tmp_path):
                                                  + float(r["dwkl"]), rel=1e-4)
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_eval"] == 600 and len(m["kl_per_unit"]) == 10 and m["estimator"] == "mss"
-    for key in ("mig", "mig_4factors", "factor_vae_score"):  # shapes has factors: every metric exists
+    for key in ("mig", "mig_5factors", "factor_vae_score"):  # shapes has factors: every metric exists
         assert m[key] is not None and 0.0 <= m[key] <= 1.0 and key not in m["null_reasons"], key
     dec = m["decomposition"]
     for key in ("mi", "tc", "dwkl", "kl_mc", "kl_analytic", "log_px", "elbo", "mi_se", "tc_se",

@@ -355,7 +355,7 @@ def test_smoke_run_on_shapes_writes_every_file(tmp_path):
     assert 1 / 3 - 1e-9 <= m["accuracy_hungarian"] <= m["accuracy_majority"] <= 1.0
     for key in ("accuracy_hungarian", "accuracy_majority"):
         assert abs(m[key] * m["n_eval"] - round(m[key] * m["n_eval"])) < 1e-6
-    for key in ("mig", "mig_4factors", "factor_vae_score"):  # shapes has factors: every metric exists
+    for key in ("mig", "mig_5factors", "factor_vae_score"):  # shapes has factors: every metric exists
         assert m[key] is not None and 0.0 <= m[key] <= 1.0 and key not in m["null_reasons"], key
     assert m["recon_eval"] > 0 and res["dataset"] == "shapes"
     cfg = json.loads((out / "config.json").read_text())

@@ -269,7 +269,7 @@ def test_smoke_run_on_shapes_writes_every_file(tmp_path):
     assert 1 / 3 - 1e-9 <= m["accuracy_hungarian"] <= m["accuracy_majority"] <= 1.0
     for key in ("accuracy_hungarian", "accuracy_majority"):
         assert abs(m[key] * m["n_eval"] - round(m[key] * m["n_eval"])) < 1e-6
-    for key in ("mig", "factor_vae_score"):  # shapes has factors: every metric exists
+    for key in ("mig", "mig_5factors", "factor_vae_score"):  # shapes has factors: every metric exists
         assert m[key] is not None and 0.0 <= m[key] <= 1.0 and key not in m["null_reasons"], key
     assert res["dataset"] == "shapes"
     cfg = json.loads((out / "config.json").read_text())
@@ -335,3 +335,18 @@ def test_corrupt_checkpoint_is_one_sentence(capsys, tmp_path):
     bad.write_bytes(b"not a checkpoint")
     msg = _error_of(capsys, ["--eval-only", "--checkpoint", str(bad), "--dataset", "shapes"])
     assert "corrupt" in msg
+
+
+def test_recon_scale_on_rgb_is_the_authors_mean_over_batch_and_channels():
+    # The author's term: BCE(recon.view(-1, H*W), x.view(-1, H*W)) * H*W, i.e. summed over
+    # pixels and averaged over batch AND channels; 1-channel data is the per-image sum.
+    torch.manual_seed(0)
+    for c in (1, 3):
+        x = torch.rand(4, c, 8, 8)
+        logits = torch.randn(4, c, 8, 8)
+        mu, logvar = torch.zeros(4, 2), torch.zeros(4, 2)
+        terms = jv.jointvae_loss(x, logits, mu, logvar, [], 1, 30.0, [0.0, 5.0, 100], [0.0, 5.0, 100])
+        authors = torch.nn.functional.binary_cross_entropy(torch.sigmoid(logits).view(-1, 64), x.view(-1, 64)) * 64
+        assert float(terms["recon"]) == pytest.approx(float(authors), rel=1e-5)
+        per_image = torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum") / 4
+        assert float(terms["recon"]) == pytest.approx(float(per_image) / c, rel=1e-6)

@@ -126,7 +126,7 @@ def test_submitit_local_runs_a_tiny_protocol(tmp_path):
                     "--launcher", "submitit", "--cluster", "local", "--timeout-min", "10",
                     "--runs-dir", runs_dir, "--results-dir", results, "--threads", "1", "--"] + TINY)
     rows = _rows(os.path.join(results, "dsprites-mig-quick.csv"))
-    row = rows[("btcvae", "mig_4factors")]
+    row = rows[("btcvae", "mig")]
     assert row["seeds"] == "2/2" and row["iterations"] == "40" and row["ours"] != "not run"
     jobs = [d for d in os.listdir(os.path.join(runs_dir, "submitit")) if d.isdigit()]
     assert len(jobs) == 2                                                    # one job per run

@@ -271,3 +271,27 @@ def test_resume_command_repeats_the_flags_with_resume():
     cmd = runs.resume_command("jointvae.py", ["--dataset", "mnist", "--out", "r", "--overwrite",
                                               "--time-budget", "30"], "r")
     assert cmd == "python jointvae.py --dataset mnist --time-budget 30 --resume r"
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_released_float16_weights_evaluate_to_the_manifest_metrics(name, tmp_path, capsys):
+    mod, base = SCRIPTS[name]
+    run, weights = str(tmp_path / "run"), str(tmp_path / "weights")
+    mod.main(base + ["--iterations", "20", "--out", run, "--seed", "2"])
+    path, entry = runs.release(run, name, weights, protocol="test", command="python ...")
+    assert os.path.basename(path) == f"{name}-shapes-s2.pt" and entry["updates"] == 20
+    saved = torch.load(path, weights_only=True)
+    assert all(v.dtype == torch.float16 for v in saved["model"].values() if v.is_floating_point())
+    # model + Adam moments in float32 = 3 copies at 4 bytes; the release is 1 copy at 2 bytes.
+    assert os.path.getsize(path) < 0.25 * os.path.getsize(os.path.join(run, "checkpoint.pt"))
+    manifest = json.load(open(os.path.join(weights, "manifest.json")))["weights"]
+    assert [e["file"] for e in manifest] == [f"{name}-shapes-s2.pt"]
+    res = mod.main(base + ["--pretrained", "--seed", "2", "--weights-dir", weights, "--out", str(tmp_path / "ev")])
+    checked = 0
+    for key in ("accuracy_hungarian", "factor_vae_score", "mig"):
+        if entry["metrics"].get(key) is not None:
+            assert abs(res[key] - entry["metrics"][key]) <= 0.002, key   # 0.2 points
+            checked += 1
+    assert checked >= 2
+    msg = _error(capsys, mod, base + ["--pretrained", "--seed", "7", "--weights-dir", weights])
+    assert "no released" in msg and "--dataset shapes --seed 2" in msg
