@@ -19,8 +19,9 @@ Equation -> code
     sec 2.1 Gaussian q(z|x), N(0, I) prior, Bernoulli p(x|z), reparameterised
             sample ........................... BetaTCVAE, reparameterize, log_density_gaussian
     eq. S3-S4 minibatch weighted sampling (MWS) of log q(z) and (footnote 2)
-            of log prod_j q(z_j) ...................... log_qz_matrix, decompose_kl("mws")
-    eq. S5-S6 minibatch stratified sampling (MSS) ..... mss_log_weights, decompose_kl("mss")
+            of log prod_j q(z_j) ........ log_qz_matrix, log_qz_mws, decompose_kl("mws")
+    eq. S5-S6 minibatch stratified sampling (MSS) ...... mss_log_weights, log_qz_mss,
+            decompose_kl("mss")
     eq. S7-S9 MSS is unbiased for q(z) and, like MWS, a lower bound in log
             ................................................ tests/test_btcvae.py
     eq. 3 over the whole data set (the authors' elbo_decomposition.py idea):
@@ -48,8 +49,9 @@ Why the minibatch estimators need care, and the pitfalls this file avoids:
     `W.view(-1)[::M+1] = 1/N` for the diagonal, but with B = M + 1 rows that stride is B,
     not B + 1: it fills COLUMN 0, and the stratum weight `[1::M+1]` fills column 1; the
     patch `W[M-1, 0]` then gives row M - 1 two stratum weights and row M none. Here
-    every row i has 1/N at (i, i), (N - M)/(NM) at (i, (i + 1) mod B) and 1/M elsewhere,
-    and the tests check that each row sums to 1.
+    every row i has 1/N at (i, i), (N - M)/(NM) at one other column (eq. S6 allows any
+    one of the M others; this file takes (i + 1) mod B) and 1/M elsewhere, and the tests
+    check that each row sums to 1.
   * The popular re-implementation of the first point also computes MIG after reshaping
     an (N, K) factor array with `.view(K, N)` where a transpose is meant; metrics.mig
     groups rows by factor value instead.
@@ -287,9 +289,14 @@ def objective_name(cfg):
 # ---------------------------------------------------------------------------
 
 def reparameterize(mu, logvar):
-    """z = mu + sigma * eps, eps ~ N(0, I): a sample of q(z|x) that gradients flow through."""
+    """z = mu + sigma * eps, eps ~ N(0, I): a sample of q(z|x) that gradients flow through.
+
+    mu, logvar (B, D) -> z (B, D), sigma = exp(logvar / 2).
+    """
+    # BEGIN SOLUTION: sec. 2.1 reparameterisation, return z = mu + sigma * eps (B, D)
     eps = torch.randn_like(mu)                 # (B, D)
     return mu + torch.exp(0.5 * logvar) * eps  # (B, D)
+    # END SOLUTION
 
 
 class BetaTCVAE(nn.Module):
@@ -348,12 +355,12 @@ def log_qz_matrix(z, mu, logvar):
 
 
 def mss_log_weights(batch_size, dataset_size):
-    """log w_ij of eq. S6 for a batch of B = M + 1 samples (supp. B.2), (B, B), rows sum to 1.
+    """log w_ij of eq. S6 for a batch of B = M + 1 samples (supp. B.2), (B, B) float64, rows sum to 1.
 
     Row i estimates q(z_i), z_i ~ q(z|n_i), from n* = n_i and the M = B - 1 others:
-        1/N          for j = i            (the sample's own posterior, n*),
-        (N - M)/(NM) for j = (i + 1) mod B (the one "n_M" that only the stratum n* not in
-                                            the batch uses),
+        1/N          for j = i (the sample's own posterior, n*),
+        (N - M)/(NM) for ONE other j (the "n_M" that only the stratum n* not in the batch
+                     uses; eq. S6 allows any one of the M others, here (i + 1) mod B),
         1/M          for the other M - 1 samples.
     Sum: 1/N + (N - M)/(NM) + (M - 1)/M = 1, and the estimate is unbiased for q(z_i) (S6).
     """
@@ -362,12 +369,43 @@ def mss_log_weights(batch_size, dataset_size):
         raise ValueError(f"MSS needs a batch of at least 2 samples (eq. S6 uses the other M = B - 1), got {b}.")
     if n < b:
         raise ValueError(f"dataset_size {n} is smaller than the batch size {b}; pass the training set size N.")
+    # BEGIN SOLUTION: eq. S6 weights, return the (B, B) float64 matrix log w_ij
     m = b - 1
     w = torch.full((b, b), 1.0 / m, dtype=torch.float64)  # (B, B)
     i = torch.arange(b)                                   # (B,)
     w[i, i] = 1.0 / n
     w[i, (i + 1) % b] = (n - m) / (n * m)
-    return w.log()                                        # (B, B); float64, cast by the caller
+    return w.log()                                        # (B, B); cast by the caller
+    # END SOLUTION
+
+
+def log_qz_mws(mat, dataset_size):
+    """eq. S4 (supp. B.1) for rows of the batch: M = B, the batch including n_i itself.
+
+    mat (R, B, D): [i, j, d] = log q(z_id | x_j), rows of `log_qz_matrix`; dataset_size N.
+    Returns (log q(z_i) (R,), log q(z_id) (R, D)):
+        log q(z_i)  = logsumexp_j sum_d mat[i, j, d] - log(N M)
+        log q(z_id) = logsumexp_j mat[i, j, d] - log(N M)   (footnote 2: the same estimator
+                                                            for each marginal q(z_d))
+    """
+    # BEGIN SOLUTION: eq. S4, return (log q(z_i) (R,), log q(z_id) (R, D))
+    log_nm = math.log(int(dataset_size) * mat.shape[1])      # log(N M), M = B
+    return torch.logsumexp(mat.sum(dim=2), dim=1) - log_nm, torch.logsumexp(mat, dim=1) - log_nm
+    # END SOLUTION
+
+
+def log_qz_mss(mat, log_w):
+    """eq. S6 (supp. B.2) for rows of the batch, with weights from `mss_log_weights`.
+
+    mat (R, B, D) as in `log_qz_mws`; log_w (R, B): the rows of log w_ij for the same i.
+    Returns (log q(z_i) (R,), log q(z_id) (R, D)):
+        log q(z_i)  = logsumexp_j [log w_ij + sum_d mat[i, j, d]]: w_ij multiplies the JOINT
+                      density prod_d q(z_id|x_j), so log w_ij enters ONCE;
+        log q(z_id) = logsumexp_j [log w_ij + mat[i, j, d]]: the same weights on each marginal.
+    """
+    # BEGIN SOLUTION: eq. S6 estimator, return (log q(z_i) (R,), log q(z_id) (R, D))
+    return torch.logsumexp(log_w + mat.sum(dim=2), dim=1), torch.logsumexp(log_w.unsqueeze(2) + mat, dim=1)
+    # END SOLUTION
 
 
 _CPU_BLOCK_ELEMENTS = 1 << 20  # elements of one (rows, B, D) block of log_qz_matrix on a CPU
@@ -377,15 +415,13 @@ def decompose_kl(z, mu, logvar, dataset_size, estimator="mws"):
     """eq. 3 per sample of the batch, log q(z) and log q(z_d) estimated from the batch.
 
     z (B, D) with z_i ~ q(z|x_i); mu, logvar (B, D); dataset_size N (the training set).
-    estimator: "mws" = eq. S4 (M = B),  log q(z_i)   = logsumexp_j sum_d log q(z_id|x_j) - log(N M),
-                                         log q(z_id) = logsumexp_j log q(z_id|x_j) - log(N M)
-                                         (footnote 2: the same estimator per dimension);
-               "mss" = eq. S6 (M = B - 1), log q(z_i)   = logsumexp_j [log w_ij + sum_d log q(z_id|x_j)],
-                                            log q(z_id) = logsumexp_j [log w_ij + log q(z_id|x_j)]:
-                                            the weight enters the joint ONCE.
-    Returns per-sample (B,) tensors: mi = log q(z|x) - log q(z), tc = log q(z) - sum_d log q(z_d),
-    dwkl = sum_d log q(z_d) - log p(z), and log_qz_x, log_qz, log_prod_qzd, log_pz. Whatever
-    the estimator, mi + tc + dwkl = log q(z|x) - log p(z) (the one-sample KL) exactly.
+    estimator: "mws" = eq. S4 (`log_qz_mws`, M = B), "mss" = eq. S6 (`log_qz_mss` with
+    `mss_log_weights`, M = B - 1): each gives log q(z_i) (B,) and log q(z_id) (B, D).
+    Returns a dict of per-sample (B,) tensors:
+        mi = log q(z|x) - log q(z), tc = log q(z) - sum_d log q(z_d),
+        dwkl = sum_d log q(z_d) - log p(z), and log_qz_x = log q(z_i|x_i), log_qz,
+        log_prod_qzd = sum_d log q(z_id), log_pz = log N(z_i; 0, I).
+    Whatever the estimator, mi + tc + dwkl = log q(z|x) - log p(z) (the one-sample KL) exactly.
     """
     b = z.shape[0]
     n = int(dataset_size)
@@ -393,8 +429,6 @@ def decompose_kl(z, mu, logvar, dataset_size, estimator="mws"):
         raise ValueError(f"dataset_size {n} is smaller than the batch size {b}; pass the training set size N.")
     if estimator not in ("mws", "mss"):
         raise ValueError(f"estimator must be 'mws' or 'mss', got {estimator!r}.")
-    log_qz_x = log_density_gaussian(z, mu, logvar).sum(dim=1)                # (B,) log q(z_i|x_i)
-    log_pz = log_density_gaussian(z, torch.zeros_like(z), torch.zeros_like(z)).sum(dim=1)  # (B,) log N(z_i; 0, I)
     log_w = mss_log_weights(b, n).to(z) if estimator == "mss" else None     # (B, B)
     # Row i of the (B, B, D) matrix gives log q(z_i) and log q(z_id) alone, so the rows are
     # taken in blocks. On a CPU the whole matrix (168 MB at B = 2048, D = 10) would stream
@@ -405,17 +439,15 @@ def decompose_kl(z, mu, logvar, dataset_size, estimator="mws"):
     for i0 in range(0, b, rows):
         mat = log_qz_matrix(z[i0:i0 + rows], mu, logvar)                     # (R, B, D) rows i0.. of [i, j, d]
         if estimator == "mws":
-            # eq. S4: log (1/(N M)) sum_j q(z_i|n_j), M = B, the batch including n_i itself.
-            log_nm = math.log(n * b)
-            log_qz.append(torch.logsumexp(mat.sum(dim=2), dim=1) - log_nm)   # (R,)
-            log_qzd.append(torch.logsumexp(mat, dim=1) - log_nm)             # (R, D)
+            block = log_qz_mws(mat, n)
         else:
-            w = log_w[i0:i0 + rows]                                          # (R, B)
-            # eq. S6 on the joint density: log w_ij is added once, to sum_d log q(z_id|x_j).
-            log_qz.append(torch.logsumexp(w + mat.sum(dim=2), dim=1))        # (R,)
-            # eq. S6 on each marginal q(z_d): the same weights, once per dimension.
-            log_qzd.append(torch.logsumexp(w.unsqueeze(2) + mat, dim=1))     # (R, D)
+            block = log_qz_mss(mat, log_w[i0:i0 + rows])
+        log_qz.append(block[0])                                              # (R,)
+        log_qzd.append(block[1])                                             # (R, D)
     log_qz, log_qzd = torch.cat(log_qz), torch.cat(log_qzd)                  # (B,), (B, D)
+    # BEGIN SOLUTION: eq. 3, return dict(mi, tc, dwkl, log_qz_x, log_qz, log_prod_qzd, log_pz)
+    log_qz_x = log_density_gaussian(z, mu, logvar).sum(dim=1)                # (B,) log q(z_i|x_i)
+    log_pz = log_density_gaussian(z, torch.zeros_like(z), torch.zeros_like(z)).sum(dim=1)  # (B,) log N(z_i; 0, I)
     log_prod_qzd = log_qzd.sum(dim=1)                                        # (B,) log prod_d q(z_id)
     return dict(
         mi=log_qz_x - log_qz,              # eq. 3 (i): index-code MI, KL(q(z,n)||q(z)p(n))
@@ -423,6 +455,7 @@ def decompose_kl(z, mu, logvar, dataset_size, estimator="mws"):
         dwkl=log_prod_qzd - log_pz,        # eq. 3 (iii): dimension-wise KL, sum_d KL(q(z_d)||p(z_d))
         log_qz_x=log_qz_x, log_qz=log_qz, log_prod_qzd=log_prod_qzd, log_pz=log_pz,
     )
+    # END SOLUTION
 
 
 def btcvae_loss(x, x_logits, z, mu, logvar, dataset_size, alpha=1.0, beta=6.0, gamma=1.0,
@@ -436,17 +469,20 @@ def btcvae_loss(x, x_logits, z, mu, logvar, dataset_size, alpha=1.0, beta=6.0, g
     estimator: "mws" (supp. B.1, the paper's), "mss" (supp. B.2), or None, allowed only
     when alpha = beta = gamma: eq. 2 needs no log q(z), and mi/tc/dwkl are then NaN (a
     plain beta-VAE step, e.g. the baseline of benchmarks/throughput.py).
-    Returns a dict of 0-dim tensors (no host sync) and kl_units (D,), the closed-form
-    KL per unit averaged over the batch, for logging.
+    Returns a dict of 0-dim tensors (no host sync): loss; recon = -(1/B) sum_i log p(x_i|z_i),
+    summed over pixels; mi, tc, dwkl, the batch means of `decompose_kl`'s terms; kl, the
+    closed-form KL(q(z|x)||p(z)) averaged over the batch; and kl_units (D,), that KL per
+    unit, for logging.
     """
+    if estimator is None and not alpha == beta == gamma:
+        raise ValueError("estimator=None drops log q(z), which only cancels when alpha = beta = gamma (eq. 2).")
+    # BEGIN SOLUTION: eq. 5, return dict(loss, recon, mi, tc, dwkl, kl, kl_units)
     batch = x.shape[0]
     # -E_q[log p(x|z)] with Bernoulli p: cross-entropy summed over pixels and channels,
     # averaged over the batch (eq. 5's first term, negated).
     recon = F.binary_cross_entropy_with_logits(x_logits, x, reduction="sum") / batch
     kl_units = kl_normal(mu, logvar).mean(dim=0)                 # (D,) closed form, for logging
     if estimator is None:
-        if not alpha == beta == gamma:
-            raise ValueError("estimator=None drops log q(z), which only cancels when alpha = beta = gamma (eq. 2).")
         one_sample_kl = (log_density_gaussian(z, mu, logvar) - log_density_gaussian(
             z, torch.zeros_like(z), torch.zeros_like(z))).sum(dim=1)  # (B,) log q(z|x) - log p(z)
         nan = recon.new_tensor(float("nan"))
@@ -459,6 +495,7 @@ def btcvae_loss(x, x_logits, z, mu, logvar, dataset_size, alpha=1.0, beta=6.0, g
     #                 + gamma * sum_j KL(q(z_j)||p(z_j))
     loss = recon + alpha * mi + beta * tc + gamma * dwkl
     return dict(loss=loss, recon=recon, mi=mi, tc=tc, dwkl=dwkl, kl=kl_units.sum(), kl_units=kl_units)
+    # END SOLUTION
 
 
 # ---------------------------------------------------------------------------

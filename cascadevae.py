@@ -304,9 +304,14 @@ SIGMA_EPS = 1e-8  # added inside log(sigma), as the authors' code does
 
 
 def reparameterize(mu, sigma):
-    """z = mu + sigma * eps, eps ~ N(0, I): z ~ q(z|x) with gradients to mu and sigma."""
+    """z = mu + sigma * eps, eps ~ N(0, I): z ~ q(z|x) with gradients to mu and sigma.
+
+    mu, sigma (B, D) -> z (B, D).
+    """
+    # BEGIN SOLUTION: sec. 4 reparameterisation, return z = mu + sigma * eps (B, D)
     eps = torch.randn_like(mu)   # (B, D)
     return mu + sigma * eps      # (B, D)
+    # END SOLUTION
 
 
 class CascadeVAE(nn.Module):
@@ -402,7 +407,9 @@ def relieved_dims(step, m, r, t_d, schedule="paper"):
     code (the authors' dSprites script, update t = iter + 1, period p = (t - 1) // r):
         p + 1 dims while t <= t_d and p dims after, i.e. dim 0 is relieved at the first
         update and the cascade pauses for one period when the alternating step starts.
+    Returns an int in 0..m.
     """
+    # BEGIN SOLUTION: Algorithm 1 cascade schedule, return the number of relieved dims (int)
     step = int(step)
     if schedule == "paper":
         n = step // r
@@ -411,6 +418,7 @@ def relieved_dims(step, m, r, t_d, schedule="paper"):
     else:
         raise ValueError(f"schedule must be 'paper' or 'code', got {schedule!r}.")
     return max(0, min(n, int(m)))
+    # END SOLUTION
 
 
 def cascade_betas(step, m, beta_h, beta_l, r, t_d, schedule="paper"):
@@ -423,10 +431,12 @@ def cascade_betas(step, m, beta_h, beta_l, r, t_d, schedule="paper"):
     encouraged to carry information independent of the ones opened before it.
     t_d only matters for schedule="code" (see `relieved_dims`).
     """
+    # BEGIN SOLUTION: sec. 6 per-dim betas, return (m,) float32: beta_l for relieved dims, else beta_h
     n = relieved_dims(step, m, r, t_d, schedule)
     betas = torch.full((int(m),), float(beta_h))     # (D,)
     betas[:n] = float(beta_l)
     return betas
+    # END SOLUTION
 
 
 def same_class_pairs(d, num_disc):
@@ -439,10 +449,13 @@ def same_class_pairs(d, num_disc):
     an increasing affine function of the bound, so penalising pairs pushes the batch's
     q(d) towards uniform. pairs = sum_k n_k (n_k - 1) / 2 counts each unordered pair
     once, the authors' code's convention (see the module docstring).
+    d LongTensor (B,) in 0..S-1 -> counts (S,) float32 tensor, pairs 0-dim float32 tensor.
     """
+    # BEGIN SOLUTION: Lemma 1 pair term, return (counts n_k (S,), unordered same-class pairs)
     counts = F.one_hot(d, num_disc).sum(dim=0).to(torch.float32)   # (S,) n_k
     pairs = (counts * (counts - 1.0)).sum() / 2.0                  # 0-dim
     return counts, pairs
+    # END SOLUTION
 
 
 def assign(u, lam, slots=None):
@@ -468,7 +481,8 @@ def assign(u, lam, slots=None):
     counts that differ by at most one.
 
     Speed (same optimum): only the first `slots` slots of each class are offered, a
-    (B, S*slots) matrix; default slots = 1 + the largest class of the row-wise argmax.
+    (B, S*slots) matrix; default slots = 1 + the largest class of the row-wise argmax
+    (never fewer than ceil(B / S): every image needs a slot).
     If every class of the solution has fewer than `slots` members the cap is slack, and
     the solution is optimal without it: the slot LP is the convex problem
     min_y -sum u y + lam sum_k g(sum_i y_ik) (g the piecewise-linear f), a solution at
@@ -493,6 +507,7 @@ def assign(u, lam, slots=None):
         raise ValueError(f"lam = {lam}: the pair penalty must be a finite number >= 0 for the assignment to be exact.")
     if not np.isfinite(u).all():
         raise ValueError("u has NaN or infinite entries; the log-likelihoods must be finite to assign classes.")
+    # BEGIN SOLUTION: eq. 6 as a linear assignment, return the optimal d, LongTensor (B,) on the CPU
     b, s = u.shape
     if slots is None:
         slots = int(np.bincount(u.argmax(axis=1), minlength=s).max()) + 1
@@ -510,6 +525,7 @@ def assign(u, lam, slots=None):
         if slots == b or np.bincount(d, minlength=s).max() < slots:
             return torch.from_numpy(d)
         slots = min(b, 2 * slots)                              # a cap was binding: widen it
+    # END SOLUTION
 
 
 def cascadevae_loss(x, x_logits, mu, sigma, betas, d=None, num_disc=0, lam=0.0):
@@ -527,7 +543,9 @@ def cascadevae_loss(x, x_logits, mu, sigma, betas, d=None, num_disc=0, lam=0.0):
       h_d, kl_d    entropy of the batch's q(d) and KL(q(d)||uniform) = log S - h_d
       lemma1_bound S sum_k q_k^2 - 1 >= kl_d (Lemma 1)
       loss         recon + weighted_kl + penalty
+    With d = None, counts is zeros (S,) and penalty, h_d, kl_d, lemma1_bound are 0.
     """
+    # BEGIN SOLUTION: eq. 5-6, return dict(loss, recon, kl, weighted_kl, penalty, h_d, kl_d, ...)
     batch = x.shape[0]
     # -E_q[log p(x|z, d)]: Bernoulli NLL summed over pixels and channels, mean over the batch.
     recon = F.binary_cross_entropy_with_logits(x_logits, x, reduction="sum") / batch
@@ -549,6 +567,7 @@ def cascadevae_loss(x, x_logits, mu, sigma, betas, d=None, num_disc=0, lam=0.0):
     loss = recon + weighted_kl + penalty
     return dict(loss=loss, recon=recon, kl=kl, weighted_kl=weighted_kl, penalty=penalty,
                 h_d=h_d, kl_d=kl_d, lemma1_bound=lemma1_bound, kl_units=kl_units, counts=counts)
+    # END SOLUTION
 
 
 def alternating_step_terms(model, x, betas, lam, assign_discrete):

@@ -245,9 +245,14 @@ def objective_name(cfg):
 # ---------------------------------------------------------------------------
 
 def reparameterize(mu, logvar):
-    """sec. 3.1: z = mu + sigma * eps, eps ~ N(0, I), so gradients flow to mu, sigma."""
+    """sec. 3.1: z = mu + sigma * eps, eps ~ N(0, I), so gradients flow to mu, sigma.
+
+    mu, logvar (B, D) -> z (B, D), sigma = exp(logvar / 2).
+    """
+    # BEGIN SOLUTION: sec. 3.1 reparameterisation, return z = mu + sigma * eps (B, D)
     eps = torch.randn_like(mu)                 # (B, D)
     return mu + torch.exp(0.5 * logvar) * eps  # (B, D)
+    # END SOLUTION
 
 
 def sample_gumbel_softmax(logits, temperature, eps=1e-12):
@@ -255,12 +260,15 @@ def sample_gumbel_softmax(logits, temperature, eps=1e-12):
 
     logits (B, K) parameterise alpha = softmax(logits); g_k ~ Gumbel(0, 1) i.i.d.
     As tau -> 0 the sample tends to the one-hot argmax_k (log alpha_k + g_k), which
-    is an exact draw from Categorical(alpha) (the Gumbel-max trick).
+    is an exact draw from Categorical(alpha) (the Gumbel-max trick). Returns y (B, K),
+    differentiable in logits; eps guards the two logarithms of the Gumbel noise.
     """
+    # BEGIN SOLUTION: eq. 8, return the relaxed sample y (B, K) on the simplex
     u = torch.rand_like(logits)                         # (B, K) uniform(0, 1)
     g = -torch.log(-torch.log(u + eps) + eps)           # (B, K) Gumbel(0, 1)
     log_alpha = torch.log_softmax(logits, dim=-1)       # (B, K)
     return torch.softmax((log_alpha + g) / temperature, dim=-1)  # (B, K) on the simplex
+    # END SOLUTION
 
 
 class JointVAE(nn.Module):
@@ -354,13 +362,17 @@ def kl_categorical_uniform(probs):
     there d(alpha log alpha)/d alpha = log 0 = -inf turns the gradient into NaN (seen on
     Fashion-MNIST at ~12k updates). The 1e-12 changes the value by < 1e-11 nats.
     """
+    # BEGIN SOLUTION: App. A.2, return KL(q(c|x) || Uniform(K)) per sample (B,)
     k = probs.shape[-1]
     return (probs * torch.log(probs + 1e-12)).sum(dim=-1) + math.log(k)  # (B,)
+    # END SOLUTION
 
 
 def linear_capacity(step, c_min, c_max, num_iters):
-    """App. C: C increased linearly from c_min to c_max over num_iters updates, then held."""
+    """App. C: C increased linearly from c_min to c_max over num_iters updates, then held (a float)."""
+    # BEGIN SOLUTION: App. C capacity schedule, return C at update `step` (a float)
     return c_min + (c_max - c_min) * min(float(step) / float(num_iters), 1.0)
+    # END SOLUTION
 
 
 def jointvae_loss(x, x_logits, mu, logvar, alphas, step, gamma, c_cont, c_disc, beta=None):
@@ -372,9 +384,12 @@ def jointvae_loss(x, x_logits, mu, logvar, alphas, step, gamma, c_cont, c_disc, 
     c_cont, c_disc: (C_min, C_max, iterations) of the linear schedules (App. C);
     beta: None -> capacity objective (eq. 7, or eq. 3 without discrete latents);
           a number -> beta-weighted KLs, no capacity (eq. 1, or eq. 6 with alphas).
-    Returns a dict of 0-dim tensors (no host sync), per-unit KLs for logging, and
-    the capacities c_cont, c_disc as plain floats (they depend on step only).
+    Returns a dict (no host sync): 0-dim tensors loss, recon (-(1/B) sum_i log p(x_i|z_i, c_i),
+    summed over pixels, averaged over channels), kl_cont = KL(q(z|x)||p(z)) and kl_disc = KL(q(c|x)||p(c)), each averaged
+    over the batch; kl_cont_units (D,) and kl_disc_vars (V,), their terms per unit / variable;
+    and the capacities c_cont = C_z, c_disc = C_c as plain floats (they depend on step only).
     """
+    # BEGIN SOLUTION: eq. 7 (eq. 1, 3, 6 with beta), return dict(loss, recon, kl_cont, kl_disc, ...)
     batch, channels = x.shape[0], x.shape[1]
     # -E_q[log p(x|z,c)] with Bernoulli p: cross-entropy summed over pixels (H*W) and
     # averaged over the batch AND the channels, as the author's code computes it
@@ -408,6 +423,7 @@ def jointvae_loss(x, x_logits, mu, logvar, alphas, step, gamma, c_cont, c_disc, 
     return dict(loss=loss, recon=recon, kl_cont=kl_cont, kl_disc=kl_disc,
                 c_cont=c_z, c_disc=c_c,
                 kl_cont_units=kl_cont_units, kl_disc_vars=kl_disc_vars)
+    # END SOLUTION
 
 
 # ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ each one is written to be read next to the paper that defines it:
     kl_per_unit
         information per continuous unit, E_x KL(q(z_j|x) || N(0, 1)):
         Dupont (2018) sec. 4.2 / Fig. 7b; Jeong & Song (2019) supp. C (pruning rule)
-    mig
+    mig, mutual_information_gap
         mutual information gap, two estimators of I(z_j; v_k):
         Chen et al. (2018) eq. 6-7, supp. A.1-A.2, Table 2
     factor_vae_score, grid_votes
@@ -207,11 +207,13 @@ def cluster_accuracy(pred, labels, mapping="hungarian"):
     if mapping not in ("hungarian", "majority"):
         raise ValueError(f"mapping must be 'hungarian' or 'majority', got {mapping!r}.")
     cm = confusion_matrix(pred, labels)  # (P, C)
+    # BEGIN SOLUTION: unsupervised accuracy, return the fraction correct under `mapping` (a float)
     n = cm.sum()
     if mapping == "majority":
         return float(cm.max(axis=1).sum() / n)
     rows, cols = linear_sum_assignment(cm, maximize=True)  # one-to-one cluster -> class
     return float(cm[rows, cols].sum() / n)
+    # END SOLUTION
 
 
 # --------------------------------------------------------------------------- KL per unit
@@ -391,6 +393,29 @@ def _mi_sampling(mu, sd, groups, rng, samples_per_value, support_per_value, entr
     return mi
 
 
+def mutual_information_gap(mi, entropy):
+    """eq. 7 from the MI matrix: the normalised gap per factor and the two latents it compares.
+
+    mi (J, K): I(z_j; v_k) in nats; entropy (K,): H(v_k) > 0.
+    Returns (gaps (K,) float, top (K,) int, runner_up (K,) int):
+        top[k] = j(k) = argmax_j I(z_j; v_k), runner_up[k] = argmax_{j != j(k)} I(z_j; v_k),
+        gaps[k] = (I(z_{j(k)}; v_k) - I(z_{runner_up[k]}; v_k)) / H(v_k);
+    with a single latent (J = 1) there is no runner-up: runner_up = -1, gaps = I / H.
+    MIG is the mean of gaps.
+    """
+    # BEGIN SOLUTION: MIG (Chen et al. eq. 7), return (gaps (K,), top latent (K,), runner-up latent (K,))
+    order = np.argsort(-mi, axis=0, kind="stable")  # (J, K) latents by decreasing MI per factor
+    top = order[0]  # (K,)
+    best = mi[top, np.arange(mi.shape[1])]  # (K,)
+    if mi.shape[0] > 1:
+        runner = order[1]  # (K,)
+        second = mi[runner, np.arange(mi.shape[1])]  # (K,)
+    else:
+        runner, second = np.full(mi.shape[1], -1), np.zeros(mi.shape[1])
+    return (best - second) / entropy, top, runner  # eq. 7 summands
+    # END SOLUTION
+
+
 def mig(codes, factors, logvar=None, discrete_codes=None, method="sampling", factor_subset=None,
         seed=0, *, samples_per_value=2000, support_per_value=2000, entropy_samples=20000,
         entropy_support=20000, neighbours=256, n_bins=20, chunk_elements=1 << 18,
@@ -506,15 +531,7 @@ def mig(codes, factors, logvar=None, discrete_codes=None, method="sampling", fac
                          for k in range(fac.shape[1])] for m in range(disc.shape[1])])  # (M_disc, K)
     mi = np.concatenate([mi_cont, mi_disc.reshape(disc.shape[1], fac.shape[1])], axis=0)  # (J, K)
 
-    order = np.argsort(-mi, axis=0, kind="stable")  # (J, K) latents by decreasing MI per factor
-    top = order[0]  # (K,)
-    best = mi[top, np.arange(mi.shape[1])]  # (K,)
-    if mi.shape[0] > 1:
-        runner = order[1]  # (K,)
-        second = mi[runner, np.arange(mi.shape[1])]  # (K,)
-    else:
-        runner, second = np.full(mi.shape[1], -1), np.zeros(mi.shape[1])
-    gaps = (best - second) / entropy  # (K,) eq. 7 summand
+    gaps, top, runner = mutual_information_gap(mi, entropy)  # (K,) each
     return {
         "mig": float(gaps.mean()),
         "gaps": gaps,
