@@ -46,15 +46,17 @@ Why the minibatch estimators need care, and the pitfalls this file avoids:
     samples' 1/M terms dominate (overlapping posteriors), up to -(D - 1) log N once the
     sample's own 1/N term does.
   * The authors' MSS weight matrix (`_log_importance_weight_matrix`) writes
-    `W.view(-1)[::M+1] = 1/N` for the diagonal, but with B = M + 1 rows that stride is B,
-    not B + 1: it fills COLUMN 0, and the stratum weight `[1::M+1]` fills column 1; the
-    patch `W[M-1, 0]` then gives row M - 1 two stratum weights and row M none. Here
-    every row i has 1/N at (i, i), (N - M)/(NM) at one other column (eq. S6 allows any
-    one of the M others; this file takes (i + 1) mod B) and 1/M elsewhere, and the tests
-    check that each row sums to 1.
-  * The popular re-implementation of the first point also computes MIG after reshaping
-    an (N, K) factor array with `.view(K, N)` where a transpose is meant; metrics.mig
-    groups rows by factor value instead.
+    `W.view(-1)[::M+1] = 1/N` meaning the diagonal, but with B = M + 1 rows that stride is
+    B, not B + 1, so it fills column 0 (and `[1::M+1]` fills column 1, then `W[M-1, 0]`).
+    Every row still sums to 1 (row M is not empty); the defect is that for rows i >= 1 the
+    sample's own posterior q(z_i|n_i) gets the stratum weight (row 1) or 1/M (rows >= 2)
+    instead of 1/N. Enumerating every batch (N = 6, B = 3) with z's own posterior
+    dominating (q(z|n) = 0 for n != n_i), E[estimate] / q(z) is 1, 2, 3 for rows 0, 1, 2
+    of their matrix and 1 for every row of ours, whose row i has 1/N at (i, i), (N - M)/(NM)
+    at (i, (i + 1) mod B) and 1/M elsewhere (eq. S6 allows any one of the others there).
+  * The popular re-implementation of the first point computes MIG from latent samples
+    reshaped with `.view(latent_dim, n_samples)` where a transpose is meant, scrambling
+    which sample belongs to which unit; metrics.mig never reshapes across that axis.
   * MWS (eq. S4) is a loose lower bound whose VALUES are off by constants: since
     log (1/(N M)) sum_j q(z_i|n_j) = log (1/B) sum_j q(z_i|n_j) - log N, its mi, tc and dwkl
     are the eq. 3 terms of the batch taken as the whole data set (MI <= log B) plus

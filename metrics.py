@@ -476,10 +476,11 @@ def mig(codes, factors, logvar=None, discrete_codes=None, method="sampling", fac
         more), while the plug-in estimate of a finite table is biased upward by about
         (n_bins - 1)(V - 1) / (2N) nats. Compare numbers only within one estimator.
 
-    Known pitfall avoided: a popular re-implementation reshapes an (N, K) factor array
-    with `.view(K, N)` where a transpose was meant, silently scrambling the factor
-    values. Here every reshape is explicit and row-major with a shape comment, and rows
-    are grouped by their factor values, so no grid layout is assumed.
+    Known pitfall avoided: a popular re-implementation draws latent samples of shape
+    (n_samples, latent_dim) and then calls `.view(latent_dim, n_samples)` where a transpose
+    was meant, so each "unit" mixes values of every unit. Here samples keep their
+    (sample, unit) layout, every reshape is explicit with a shape comment, and rows are
+    grouped by their factor values, so no grid layout is assumed.
     """
     if method not in ("sampling", "histogram"):
         raise ValueError(f"method must be 'sampling' or 'histogram', got {method!r}.")

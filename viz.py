@@ -24,6 +24,14 @@ def _pyplot():
     return plt
 
 
+def _wrap(text, width_in, fontsize):
+    """`text` broken into lines that fit `width_in` inches at `fontsize` points."""
+    import textwrap
+
+    chars = max(20, int(width_in * 72.0 / (0.55 * fontsize)))  # ~0.55 em per character
+    return "\n".join(textwrap.wrap(text, chars))
+
+
 def _as_numpy_images(images):
     """(N, C, H, W) tensor/array in [0, 1] -> (N, H, W, C) float array clipped to [0, 1]."""
     if isinstance(images, torch.Tensor):
@@ -155,7 +163,8 @@ def save_matrix(matrix, path, xlabel="", ylabel="", title=None, xticklabels=None
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
-        ax.set_title(title, fontsize=10)
+        # A title wider than the heat map would be cut at the canvas edge: wrap it to fit.
+        ax.set_title(_wrap(title, fig.get_size_inches()[0], 10), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -73,3 +73,26 @@ def test_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
         nets.to_device("meta")
     with pytest.raises(ValueError, match="unknown device"):
         nets.to_device("tpu7")
+
+
+def _conv_channels(module, kind):
+    return [m.out_channels for m in module.modules() if isinstance(m, kind)]
+
+
+def test_cascadevae_uses_the_supplement_net_and_jointvae_the_authors():
+    import cascadevae
+    import jointvae
+    from torch import nn
+    # Jeong & Song supp. B Table 2 (32x32): convs 32 -> 32 -> 64; Table 1 (64x64): 32-32-64-64.
+    cv32 = cascadevae.CascadeVAE((1, 32, 32), 10, 10)
+    assert _conv_channels(cv32.encoder, nn.Conv2d) == [32, 32, 64]
+    assert _conv_channels(cv32.decoder, nn.ConvTranspose2d) == [32, 32, 1]
+    cv64 = cascadevae.CascadeVAE((1, 64, 64), 6, 3)
+    assert _conv_channels(cv64.encoder, nn.Conv2d) == [32, 32, 64, 64]
+    assert _conv_channels(cv64.decoder, nn.ConvTranspose2d) == [64, 32, 32, 1]
+    assert [m.out_features for m in cv32.encoder.modules() if isinstance(m, nn.Linear)] == [256, 20]
+    assert [m.out_features for m in cv32.decoder.modules() if isinstance(m, nn.Linear)] == [256, 1024]
+    # Dupont's released code (and weights): 32 -> 64 -> 64 on 32x32; --net dupont gives it to CascadeVAE.
+    jv32 = jointvae.JointVAE((1, 32, 32), 10, [10], 0.67)
+    assert _conv_channels(jv32.encoder, nn.Conv2d) == [32, 64, 64]
+    assert _conv_channels(cascadevae.CascadeVAE((1, 32, 32), 10, 10, net="dupont").encoder, nn.Conv2d) == [32, 64, 64]
