@@ -535,7 +535,7 @@ def train(cfg, device, argv=()):
         raise ValueError(f"--batch-size {cfg['batch_size']} exceeds the {len(ds)} training images.")
     total = num_iterations(cfg, len(ds))
     runs.seed_everything(cfg["seed"])
-    model = build_model(cfg, ds.image_size).to(device)
+    model = nets.place(build_model(cfg, ds.image_size), device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     step, window = runs.restore(cfg, model, optimizer, "btcvae") if cfg["resume"] else (0, None)
     os.makedirs(out, exist_ok=True)
@@ -870,9 +870,10 @@ def run(cfg, argv=()):
         ds_probe = load_dataset(cfg, cfg["eval_split"])
         model = build_model(cfg, ds_probe.image_size)
         runs.load_state_dict(model, ckpt["model"], path)
+        model = nets.place(model, device)
         os.makedirs(cfg["out"], exist_ok=True)
         runs.write_json(os.path.join(cfg["out"], "eval_config.json"), cfg)
-        res = evaluate(model.to(device), cfg, device, int(ckpt["step"]))
+        res = evaluate(model, cfg, device, int(ckpt["step"]))
     else:
         model, step, cfg, finished = train(cfg, device, argv)
         if cfg["no_eval"] or not finished:

@@ -606,13 +606,10 @@ def load_dataset(cfg, split):
 
 
 def build_model(cfg, image_size, device=torch.device("cpu")):
-    model = CascadeVAE(image_size, cfg["cont"], 0 if cfg["no_discrete"] else cfg["disc"], cfg["net"]).to(device)
-    if device.type == "cpu":
-        # On a CPU, oneDNN's (transposed) convolutions run ~30 % faster on channels-last
-        # (NHWC) weights, and u decodes B*S images every step (benchmarks/throughput.py:
-        # 84 -> 58 ms at B = 64, S = 10). Same values up to float rounding.
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    # On a CPU channels-last weights (nets.place) matter most here: u decodes B*S images
+    # every step (benchmarks/throughput.py: 84 -> 58 ms at B = 64, S = 10).
+    return nets.place(CascadeVAE(image_size, cfg["cont"], 0 if cfg["no_discrete"] else cfg["disc"], cfg["net"]),
+                      device)
 
 
 def num_iterations(cfg, n_train):

@@ -1,0 +1,81 @@
+"""Evaluation against training cost, measured in one run: a 3,000-image `shapes` evaluation
+(MIG, the FactorVAE score with its 800 votes of 100 grid images, KL per unit, accuracy,
+figures) next to 100 training updates of the same model, and (--full) the evaluation of
+the whole 737,280-image grid.
+
+    python benchmarks/evaluation.py                         # the three methods, 3,000 images
+    python benchmarks/evaluation.py --methods jointvae --full
+    OMP_NUM_THREADS=1 python benchmarks/evaluation.py      # one core
+
+Each method runs its `shapes` preset (Dupont App. C.5 net and latents; Jeong & Song supp.
+B.1; Chen et al. supp. H.1 MLP), with batch 64 for the 100 updates (beta-TCVAE's preset batch
+is 2048). The target of the evaluation issue: evaluation / training <= 1, and the full grid
+<= 10 min on 2 cores. Writes results/evaluation.md.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import btcvae  # noqa: E402
+import cascadevae  # noqa: E402
+import jointvae  # noqa: E402
+
+SCRIPTS = dict(jointvae=jointvae, btcvae=btcvae, cascadevae=cascadevae)
+# CascadeVAE: t_d = 0 so the timed updates run the alternating step and d is evaluated.
+EXTRA = dict(jointvae=[], btcvae=["--decomp-samples", "0"], cascadevae=["--t-d", "0"])
+
+
+def time_one(name, eval_samples, updates=100):
+    mod = SCRIPTS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        base = ["--dataset", "shapes", "--batch-size", "64", "--no-progress", "--device", "cpu",
+                "--log-every", str(updates), "--save-every", str(updates)] + EXTRA[name]
+        t0 = time.perf_counter()
+        mod.main(base + ["--iterations", str(updates), "--no-eval", "--out", os.path.join(tmp, "run")])
+        train_s = time.perf_counter() - t0
+        argv = base + ["--eval-only", "--checkpoint", os.path.join(tmp, "run"), "--out", os.path.join(tmp, "ev")]
+        if eval_samples:
+            argv += ["--eval-samples", str(eval_samples)]
+        t0 = time.perf_counter()
+        res = mod.main(argv)
+        eval_s = time.perf_counter() - t0
+    return train_s, eval_s, res.get("eval_seconds")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--methods", nargs="+", choices=sorted(SCRIPTS), default=sorted(SCRIPTS))
+    p.add_argument("--eval-samples", type=int, default=3000)
+    p.add_argument("--full", action="store_true", help="also evaluate the whole 737,280-image grid")
+    p.add_argument("--out", default=os.path.join(ROOT, "results", "evaluation.md"))
+    args = p.parse_args(argv)
+    rows = []
+    for name in args.methods:
+        train_s, eval_s, metric_s = time_one(name, args.eval_samples)
+        rows.append((name, f"{args.eval_samples:,} images", train_s, eval_s, metric_s))
+        print(f"{name}: 100 updates {train_s:.1f} s, evaluation of {args.eval_samples} images {eval_s:.1f} s "
+              f"(metrics {metric_s:.1f} s): ratio {eval_s / train_s:.2f}", flush=True)
+        if args.full:
+            _, full_s, full_metric = time_one(name, None)
+            rows.append((name, "737,280 images (full grid)", train_s, full_s, full_metric))
+            print(f"{name}: full grid evaluation {full_s / 60:.1f} min", flush=True)
+    lines = [f"Measured by `python benchmarks/evaluation.py` ({torch.get_num_threads()} threads, torch "
+             f"{torch.__version__}).", "",
+             "| method | evaluated | 100 updates (s) | evaluation (s) | of which metrics (s) | evaluation / training |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {n} | {what} | {t:.1f} | {e:.1f} | {m:.1f} | {e / t:.2f} |" for n, what, t, e, m in rows]
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
