@@ -866,13 +866,11 @@ def run(cfg, argv=()):
         for key in ("cont", "arch", "alpha", "beta", "gamma", "beta_vae", "estimator"):
             cfg[key] = ckpt["config"][key]
         print(f"from the checkpoint: --cont {cfg['cont']} --arch {cfg['arch']}")
-        runs.check_out_dir(cfg["out"], new_run=True, overwrite=cfg["overwrite"], evaluation=True)
+        runs.open_eval_folder(cfg)
         ds_probe = load_dataset(cfg, cfg["eval_split"])
         model = build_model(cfg, ds_probe.image_size)
         runs.load_state_dict(model, ckpt["model"], path)
         model = nets.place(model, device)
-        os.makedirs(cfg["out"], exist_ok=True)
-        runs.write_json(os.path.join(cfg["out"], "eval_config.json"), cfg)
         res = evaluate(model, cfg, device, int(ckpt["step"]))
     else:
         model, step, cfg, finished = train(cfg, device, argv)
@@ -887,13 +885,7 @@ def run(cfg, argv=()):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        cfg = make_config(argv)
-        return run(cfg, argv)
-    except (ValueError, OSError, FloatingPointError, runs.RunError) as err:
-        print(f"btcvae.py: error: {err}", file=sys.stderr)
-        raise SystemExit(2)
+    return runs.main("btcvae.py", make_config, run, argv)
 
 
 if __name__ == "__main__":

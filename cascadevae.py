@@ -882,31 +882,22 @@ def run(cfg, argv=()):
         step = int(ckpt["step"])
         print(f"latent sizes from the checkpoint: --cont {cfg['cont']} "
               + ("--no-discrete" if cfg["no_discrete"] else f"--disc {cfg['disc']}") + f", step {step}")
-        runs.check_out_dir(cfg["out"], new_run=True, overwrite=cfg["overwrite"], evaluation=True)
+        runs.open_eval_folder(cfg)
         ds_probe = load_dataset(cfg, cfg["eval_split"])
         model = build_model(cfg, ds_probe.image_size, device)
         runs.load_state_dict(model, ckpt["model"], path)
-        os.makedirs(cfg["out"], exist_ok=True)
-        runs.write_json(os.path.join(cfg["out"], "eval_config.json"), cfg)
-        res = evaluate(model.to(device), cfg, device, step)
+        res = evaluate(model, cfg, device, step)
     else:
         model, step, cfg, finished = train(cfg, device, argv)
         if cfg["no_eval"] or not finished:
             return None
         res = evaluate(model, cfg, device, step, log_path=os.path.join(cfg["out"], "log.csv"))
-    summary = {k: v for k, v in res.items() if k not in ("null_reasons",) and not isinstance(v, list)}
-    print(json.dumps(summary, indent=1))
+    runs.print_summary(res)
     return res
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        cfg = make_config(argv)
-        return run(cfg, argv)
-    except (ValueError, OSError, FloatingPointError, runs.RunError) as err:
-        print(f"cascadevae.py: error: {err}", file=sys.stderr)
-        raise SystemExit(2)
+    return runs.main("cascadevae.py", make_config, run, argv)
 
 
 if __name__ == "__main__":

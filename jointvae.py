@@ -26,9 +26,8 @@ Equation -> code
     sec 4.2 KL per unit during training / ranked after training (Fig. 7) log.csv, save_figures
     sec 4.3 digit type read off q(c|x): 88.7 % on MNIST ................... evaluate
 
-Shapes: B batch, D continuous latent units, K categories of one discrete variable
-(several variables have K_1, ..., K_V; Ktot = sum_i K_i), N evaluated images,
-C x H x W image.
+Shapes: B batch, D continuous latent units, K categories of one discrete variable (several
+have K_1..K_V; Ktot = sum_i K_i), N evaluated images, C x H x W image.
 
 DEVIATION: the decoder outputs logits and the Bernoulli log-likelihood is
     `binary_cross_entropy_with_logits` (the paper: sigmoid + binary cross-entropy);
@@ -42,30 +41,23 @@ DEVIATION: "the same value" of BCE-with-logits and sigmoid + BCE holds in exact
 DEVIATION: the author's code divides the whole loss by the number of pixels (H*W) before
     the backward pass; we do not. Only Adam's eps (1e-8) sees the difference: Adam's step
     is invariant to a constant scale of the loss otherwise.
-NOTE: RGB data (CelebA): the reconstruction term is averaged over the channels, as in the
-    author's code (see jointvae_loss), so App. C.4's gamma 100 and C_z 50 mean what they
-    meant there; summing over channels would make it 3x larger and act like gamma ~33.
+NOTE: RGB data (CelebA): recon is averaged over the channels as in the author's code, so
+    App. C.4's gamma 100 means what it meant there (a channel sum would act like gamma ~33).
 DEVIATION: eq. 8 uses log alpha = log_softmax(logits); the author's code takes
     log(softmax(logits) + 1e-12). They differ only where alpha < ~1e-10.
-DEVIATION: the paper gives training length in epochs (App. C); the loop counts
-    iterations (updates), epochs * floor(N / batch) of them, since the capacity
-    schedules are in iterations. Step t = 1, 2, ... is the t-th update, as in the
-    author's `num_steps`, so C(t) = C_min + (C_max - C_min) * min(t / iters, 1).
-NOTE: the author's code (and therefore App. C's gamma values) uses one gamma for both
-    capacity terms, as eq. 7 does; the reconstruction term is the Bernoulli NLL
-    summed over pixels and averaged over the batch, and each KL is averaged over the
-    batch and summed over units (continuous) or variables (discrete) — the
-    magnitudes App. C's C_z and gamma were tuned for.
-NOTE: evaluation uses the posterior mean for z and the one-hot argmax of alpha for
-    c, as the author's code does in eval mode.
-NOTE: why C_c must rise slowly. KL(q(c|x)||Uniform(K)) = log K - H(q(c|x)) is a
-    per-image quantity: eq. 7's discrete term is met by ANY one-hot alpha, including the
-    same one for every image, which carries no information (I(x; c) = 0). App. C's ramps
+DEVIATION: the paper's epochs (App. C) become epochs * floor(N / batch) updates, the unit of
+    the capacity schedules; update t = 1, 2, ... (the author's `num_steps`) has
+    C(t) = C_min + (C_max - C_min) * min(t / iters, 1).
+NOTE: one gamma for both capacity terms (eq. 7, the author's code); recon summed over
+    pixels and averaged over the batch, each KL averaged over the batch and summed over
+    units / variables: the magnitudes App. C's C_z and gamma were tuned for.
+NOTE: evaluation uses the posterior mean for z and the one-hot argmax of alpha for c (as
+    the author's code does in eval mode).
+NOTE: why C_c must rise slowly. KL(q(c|x)||Uniform(K)) = log K - H(q(c|x)) is met by ANY
+    one-hot alpha, the same one for every image included (I(x; c) = 0). App. C's ramps
     reach the log K clip after ~11,500 updates, by which time the encoder spreads images
-    over categories; squeezing the ramp into a few hundred updates (C_c: 0 -> 10 in 1,500
-    on Fashion-MNIST) gave a constant code and exactly chance accuracy in both seeds we
-    ran (benchmarks/reproduce.py). This is not the collapse Dupont's Fig. 6 caption
-    removes as outliers (dSprites runs whose reconstructions collapsed to the mean image).
+    over categories; a ramp squeezed into 1,500 updates gave a constant code and chance
+    accuracy (benchmarks/reproduce.py). Not the mean-image collapse of Dupont's Fig. 6.
 """
 
 import argparse
@@ -538,9 +530,7 @@ def joint_code(alphas, disc):
 @torch.no_grad()
 def evaluate(model, cfg, device, step, log_path=None):
     """Encode the evaluation split (or a subset) and write metrics.json and the figures."""
-    out = cfg["out"]
-    os.makedirs(out, exist_ok=True)
-    ds = load_dataset(cfg, cfg["eval_split"])
+    out, ds = cfg["out"], load_dataset(cfg, cfg["eval_split"])
     indices = metrics.eval_indices(len(ds), cfg["eval_samples"], cfg["seed"])  # (N,)
     n = len(indices)
     t0 = time.perf_counter()
@@ -549,16 +539,15 @@ def evaluate(model, cfg, device, step, log_path=None):
     res = dict(method="jointvae", objective=objective_name(cfg), dataset=cfg["dataset"],
                eval_split=cfg["eval_split"], n_eval=n, step=step, device=str(device))
     kl_units = metrics.kl_per_unit(mu, logvar) if cfg["cont"] else np.zeros(0)  # (D,) nats
-    res["kl_per_unit"] = [float(v) for v in kl_units]
-    res["kl_disc_per_var"] = [float(kl_categorical_uniform(a).mean()) for a in alphas]
-    res["kl_cont_total"] = float(np.sum(kl_units))
-    res["recon_eval"] = _eval_recon(model, ds, indices[:min(n, 2048)], device, cfg["eval_batch_size"])
+    res.update(kl_per_unit=[float(v) for v in kl_units], kl_cont_total=float(np.sum(kl_units)),
+               kl_disc_per_var=[float(kl_categorical_uniform(a).mean()) for a in alphas],
+               recon_eval=_eval_recon(model, ds, indices[:min(n, 2048)], device, cfg["eval_batch_size"]))
 
     labels = ds.labels[indices] if ds.labels is not None else None  # (N,)
     if labels is not None and alphas:
         pred = joint_code(alphas, cfg["disc"])                          # (N,)
-        res["accuracy_hungarian"] = metrics.cluster_accuracy(pred, labels, mapping="hungarian")
-        res["accuracy_majority"] = metrics.cluster_accuracy(pred, labels, mapping="majority")
+        res.update(accuracy_hungarian=metrics.cluster_accuracy(pred, labels, mapping="hungarian"),
+                   accuracy_majority=metrics.cluster_accuracy(pred, labels, mapping="majority"))
         viz.save_confusion(pred, labels, int(np.prod(cfg["disc"])), data.CLASS_NAMES[cfg["dataset"]],
                            os.path.join(out, "confusion.png"), "argmax q(c|x)", "discrete code vs class (sec. 4.3)")
     else:
@@ -567,6 +556,7 @@ def evaluate(model, cfg, device, step, log_path=None):
             reasons[key] = "no labels" if labels is None else "no discrete latent (--disc is empty)"
 
     disc_codes = torch.stack([a.argmax(dim=1) for a in alphas], dim=1) if alphas else None  # (N, V)
+    code = joint_code(alphas, cfg["disc"]) if alphas else None                # (N,) the joint code
 
     def encode(idx):  # FactorVAE vote images: (mu, joint code of c) in large no-grad batches
         v_mu, _, v_alphas = encode_dataset(model, ds, idx, device, 4 * cfg["eval_batch_size"])
@@ -575,12 +565,10 @@ def evaluate(model, cfg, device, step, log_path=None):
     scores, _ = metrics.factor_scores(
         ds, indices, mu if cfg["cont"] else torch.zeros(n, 0), logvar if cfg["cont"] else None,
         kl_units if cfg["cont"] else None, encode, cfg["metric_votes"], cfg["seed"], reasons,
-        discrete_codes=joint_code(alphas, cfg["disc"]) if alphas else None, mig_discrete=disc_codes)
-    res.update(scores)
-    res["null_reasons"] = reasons
-    res["eval_seconds"] = round(time.perf_counter() - t0, 2)
+        discrete_codes=code, mig_discrete=disc_codes)
+    res.update(scores, null_reasons=reasons, eval_seconds=round(time.perf_counter() - t0, 2))
     # The discrete value most images are assigned to: the continuous traversals hold c there.
-    typical = int(torch.bincount(joint_code(alphas, cfg["disc"])).argmax()) if alphas else 0
+    typical = int(torch.bincount(code).argmax()) if alphas else 0
     save_figures(model, cfg, ds, indices, kl_units, typical, device, log_path)
     runs.write_json(os.path.join(out, "metrics.json"), res)
     return res
@@ -663,7 +651,6 @@ def _disc_configs(disc):
     return configs
 
 
-
 # ---------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------
@@ -687,7 +674,7 @@ def run(cfg, argv=()):
                 cfg[key] = ckpt["config"][key]
             state, step = ckpt["model"], int(ckpt["step"])
         print(f"latent sizes from the checkpoint: --cont {cfg['cont']} --disc {' '.join(map(str, cfg['disc']))}")
-        runs.check_out_dir(cfg["out"], new_run=True, overwrite=cfg["overwrite"], evaluation=True)
+        runs.open_eval_folder(cfg)
         ds_probe = load_dataset(cfg, cfg["eval_split"])
         model = build_model(cfg, ds_probe.image_size)
         if state is None:
@@ -695,27 +682,18 @@ def run(cfg, argv=()):
         else:
             runs.load_state_dict(model, state, path)
         model = nets.place(model, device)
-        os.makedirs(cfg["out"], exist_ok=True)
-        runs.write_json(os.path.join(cfg["out"], "eval_config.json"), cfg)
         res = evaluate(model, cfg, device, step)
     else:
         model, step, cfg, finished = train(cfg, device, argv)
         if cfg["no_eval"] or not finished:
             return None
         res = evaluate(model, cfg, device, step, log_path=os.path.join(cfg["out"], "log.csv"))
-    summary = {k: v for k, v in res.items() if k not in ("null_reasons",) and not isinstance(v, list)}
-    print(json.dumps(summary, indent=1))
+    runs.print_summary(res)
     return res
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        cfg = make_config(argv)
-        return run(cfg, argv)
-    except (ValueError, OSError, FloatingPointError, runs.RunError) as err:
-        print(f"jointvae.py: error: {err}", file=sys.stderr)
-        raise SystemExit(2)
+    return runs.main("jointvae.py", make_config, run, argv)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import os
 import random
 import shlex
 import signal
+import sys
 import threading
 import time
 
@@ -692,3 +693,31 @@ def progress(total, initial, disable):
             def close(self): pass
         return _Null()
     return tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, smoothing=0.05)
+
+
+# ---------------------------------------------------------------------------
+# main(): one sentence per failure
+# ---------------------------------------------------------------------------
+
+def main(prog, make_config, run, argv=None):
+    """Parse, run, and turn every expected failure into one sentence and exit status 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        cfg = make_config(argv)
+        return run(cfg, argv)
+    except (ValueError, OSError, FloatingPointError, RunError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def print_summary(res, skip=("null_reasons",)):
+    """The scalar results of an evaluation, as the last thing a run prints."""
+    print(json.dumps({k: v for k, v in res.items() if k not in skip and not isinstance(v, (list, dict))}, indent=1))
+
+
+def open_eval_folder(cfg):
+    """An --eval-only / --pretrained run's folder: checked (it may replace an older
+    evaluation, never a training run), created, and its eval_config.json written."""
+    check_out_dir(cfg["out"], new_run=True, overwrite=cfg["overwrite"], evaluation=True)
+    os.makedirs(cfg["out"], exist_ok=True)
+    write_json(os.path.join(cfg["out"], "eval_config.json"), cfg)

@@ -137,7 +137,7 @@ def run_dir(runs_dir, protocol, quick, arm, seed):
     return os.path.join(runs_dir, protocol + ("-quick" if quick else ""), f"{arm}-s{seed}")
 
 
-def command(spec, arm, seed, out, quick, data_dir, device, extra, time_budget=None):
+def command(spec, arm, seed, out, quick, data_dir, device, extra, time_budget=None, fresh=False):
     """The script's command line for one run. A folder that holds an unfinished run
     (a checkpoint, no metrics.json) is continued exactly with --resume, the same flags."""
     arm_spec = spec["arms"][arm]
@@ -147,7 +147,9 @@ def command(spec, arm, seed, out, quick, data_dir, device, extra, time_budget=No
             raise ValueError(f"arm {arm} has no --quick variant")
         args += list(arm_spec["quick"])
     args += ["--seed", str(seed), "--data-dir", data_dir, "--device", device, "--no-progress"]
-    if os.path.isfile(os.path.join(out, "checkpoint.pt")):
+    if fresh:
+        args += ["--out", out]
+    elif os.path.isfile(os.path.join(out, "checkpoint.pt")):
         args += ["--resume", out]
     elif os.path.isdir(out):
         args += ["--out", out, "--overwrite"]  # a failed start left no checkpoint: nothing to keep
@@ -485,12 +487,11 @@ def release_finished(protocol, quick, arms, seeds, runs_dir, weights_dir=runs.WE
             if not os.path.isfile(os.path.join(out, "metrics.json")):
                 continue
             info = read_run(out)
-            rep = {}
-            if os.path.isfile(os.path.join(out, "reproduce.json")):
-                with open(os.path.join(out, "reproduce.json")) as f:
-                    rep = json.load(f)
-            cmd = rep.get("command")
-            shown = " ".join(["python"] + [c.replace(ROOT + os.sep, "") for c in cmd[1:]]) if cmd else None
+            # The protocol's canonical command (the run may have been started from another
+            # checkout or data folder): what a reader runs to reproduce this file.
+            canon = command(spec, arm, seed, os.path.join("runs", "reproduce", protocol + ("-quick" if quick else ""),
+                                                           f"{arm}-s{seed}"), quick, "../shared/data", "auto", [], fresh=True)
+            shown = " ".join(["python", os.path.basename(canon[1])] + canon[2:])
             path, _ = runs.release(out, method, weights_dir, name=arm if arm != method else None,
                                    protocol=protocol + ("-quick" if quick else ""), command=shown,
                                    run=os.path.join(protocol + ("-quick" if quick else ""), f"{arm}-s{seed}"),
