@@ -18,7 +18,8 @@ def _pyplot():
     # Imported lazily so that `import viz` costs nothing and never needs a display.
     import matplotlib
 
-    matplotlib.use("Agg", force=True)
+    if "inline" not in matplotlib.get_backend():  # a notebook keeps its inline plots
+        matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
     return plt

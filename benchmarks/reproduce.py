@@ -276,14 +276,17 @@ def collect(protocol, quick, seeds, runs_dir, arms=None, results_dir=None):
                 kept = {(r["method"], r["metric"]): r for r in csv.DictReader(f)}
     rows = []
     for arm in spec["arms"]:
-        runs = {s: read_run(run_dir(runs_dir, protocol, quick, arm, s)) for s in seeds}
-        done = [r for r in runs.values() if r is not None]
+        runs_ = {s: read_run(run_dir(runs_dir, protocol, quick, arm, s)) for s in seeds}
+        done = [r for r in runs_.values() if r is not None]
         for metric, paper in spec["metrics"].items():
             key = (arm, metric + (" (%)" if metric in PERCENT_METRICS else ""))
             if arms and arm not in arms and key in kept:
                 rows.append(kept[key])
                 continue
             values = [r.get(metric) for r in done]
+            scale = 100.0 if metric in PERCENT_METRICS else 1.0
+            per_seed = "; ".join(f"s{seed} {scale * r[metric]:.{2 if scale == 100.0 else 3}f}"
+                                 for seed, r in runs_.items() if r is not None and r.get(metric) is not None)
             walls = [r["_wall"] for r in done if r.get("_wall")]
             iters = sorted({r["_iterations"] for r in done if r.get("_iterations") is not None})
             devices = sorted({str(r["_device"]) for r in done if r.get("_device")})
@@ -291,7 +294,7 @@ def collect(protocol, quick, seeds, runs_dir, arms=None, results_dir=None):
                 protocol=protocol + (" (quick: NOT the paper protocol)" if quick else ""),
                 method=arm, metric=metric + (" (%)" if metric in PERCENT_METRICS else ""),
                 paper=_fmt_paper(paper.get(arm, [])),
-                ours=_fmt_ours(values, metric),
+                ours=_fmt_ours(values, metric), per_seed=per_seed or "-",
                 seeds=f"{sum(v is not None for v in values)}/{len(seeds)}",
                 iterations=",".join(str(i) for i in iters) or "-",
                 device=",".join(devices) or "-",
@@ -303,7 +306,7 @@ def collect(protocol, quick, seeds, runs_dir, arms=None, results_dir=None):
 def write_tables(protocol, quick, rows, results_dir):
     os.makedirs(results_dir, exist_ok=True)
     stem = os.path.join(results_dir, protocol + ("-quick" if quick else ""))
-    cols = ["method", "metric", "paper", "ours", "seeds", "iterations", "device", "wall_per_run"]
+    cols = ["method", "metric", "paper", "ours", "per_seed", "seeds", "iterations", "device", "wall_per_run"]
     with open(stem + ".csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["protocol"] + cols)
         w.writeheader()
@@ -312,7 +315,7 @@ def write_tables(protocol, quick, rows, results_dir):
     lines = [f"### {protocol}{' --quick (NOT the paper protocol)' if quick else ''}", "",
              spec["doc"] + " " + spec["data_note"], "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |" for r in rows]
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     return stem + ".md"
