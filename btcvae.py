@@ -531,16 +531,13 @@ def train(cfg, device, argv=()):
     out = cfg["out"]
     runs.check_out_dir(out, new_run=not cfg["resume"], overwrite=cfg["overwrite"])
     ds = load_dataset(cfg, cfg["train_split"])
-    if cfg["batch_size"] > len(ds):
-        raise ValueError(f"--batch-size {cfg['batch_size']} exceeds the {len(ds)} training images.")
+    runs.check_batch_size(cfg, len(ds))
     total = num_iterations(cfg, len(ds))
     runs.seed_everything(cfg["seed"])
     model = nets.place(build_model(cfg, ds.image_size), device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     step, window = runs.restore(cfg, model, optimizer, "btcvae") if cfg["resume"] else (0, None)
-    os.makedirs(out, exist_ok=True)
-    cfg = dict(cfg, iterations_total=total, objective=objective_name(cfg), train_size=len(ds))
-    runs.write_json(os.path.join(out, "config.json"), cfg)
+    cfg = runs.save_config(cfg, iterations_total=total, objective=objective_name(cfg), train_size=len(ds))
     print(f"{cfg['objective']} with the {cfg['estimator'].upper()} estimator on {cfg['dataset']} "
           f"({len(ds)} images {ds.image_size}), {total} iterations, {nets.count_parameters(model)} "
           f"parameters ({cfg['arch']}), device {device}")

@@ -288,6 +288,20 @@ def read_log_rows(path):
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
 
 
+def check_batch_size(cfg, n_train):
+    if cfg["batch_size"] > n_train:
+        raise ValueError(f"--batch-size {cfg['batch_size']} exceeds the {n_train} training images.")
+
+
+def save_config(cfg, **derived):
+    """The run's config with the values training derives (length, objective, data size),
+    written atomically to OUT/config.json; returns it."""
+    cfg = dict(cfg, **derived)
+    os.makedirs(cfg["out"], exist_ok=True)
+    write_json(os.path.join(cfg["out"], "config.json"), cfg)
+    return cfg
+
+
 def check_out_dir(out, new_run, overwrite=False, evaluation=False):
     """Before anything is written: the folder can be used, and a new run never lands on an
     old one (unless --overwrite, which removes the old run's files first)."""
