@@ -21,11 +21,9 @@ Equation -> code
     sec. 4  q(z, d|x) = q(z|x) if d = argmax_d' p(x|z, d'), the decoder infers d  CascadeVAE.unary
     Lemma 1 KL(q(d)||p(d)) <= S E_{d,d'~q(d)}[1(d = d')] - 1 ............... same_class_pairs
     eq. 5   lower bound: recon - beta KL_z - lam (S E[1(d = d')] - 1) ........ cascadevae_loss
-            (on a batch, lam (S E[1(d = d')] - 1) = (2 lam S / B^2) pairs + const, so the
-            loss's lam' * pairs / B is eq. 5 with lam' = 2 lam S / B)
-    eq. 6   max_d sum_i u_i^T d_i - lam' sum_{pairs} d_i^T d_j (`--lam` = lam', per
-            unordered pair; lam' = 2 lam S / B in eq. 5's lam), exactly, by a
-            linear assignment with increasing slot costs (derivation in `assign`)  assign
+            (on a batch = (2 lam S / B^2) pairs + const: the loss's lam' * pairs / B, lam' = 2 lam S / B)
+    eq. 6   max_d sum_i u_i^T d_i - lam' sum_{pairs} d_i^T d_j (`--lam` = lam', per unordered
+            pair), exactly, as a linear assignment with increasing slot costs ..... assign
     Alg. 1  t > t_d: u with the networks frozen, assign d, one step on eq. 5
             with d fixed and the same z; d = 0 before t_d ................... alternating_step_terms
     sec. 7  test time: d(x) = argmax_k log p(x | mu(x), e_k) .................. CascadeVAE.infer_discrete
@@ -33,79 +31,48 @@ Equation -> code
     supp. C disentanglement score with the discrete dim; Tables 2-4 accuracy .. evaluate
     Figs. 3, 5-11  traversals ranked by I(x; z_j), discrete row, I(x; z_j) during training  save_figures
 
-Shapes: B batch, D = m continuous latent units (the paper's m), S discrete
-configurations (one categorical variable, the paper's S; its one-hot vectors are
-e_1..e_S), N evaluated images, C x H x W image.
+Shapes: B batch, D = m continuous latent units, S discrete configurations (one categorical
+variable; its one-hot vectors are e_1..e_S), N evaluated images, C x H x W image.
 
-DEVIATION: the decoder outputs logits and the Bernoulli log-likelihood is
-    `binary_cross_entropy_with_logits` (the paper: sigmoid + cross-entropy); same value,
-    numerically stable (nets.py). The authors' code does the same.
-DEVIATION: eq. 6 is solved with scipy's `linear_sum_assignment` in float64; the paper
-    cites minimum-cost flow (Jeong & Song 2018) and the authors' code runs OR-tools'
-    min-cost flow on costs rounded to int32 at 1e-4 nats. Same problem, same optimum up
-    to that rounding; `assign` proves the reduction.
-NOTE: sigma = softplus(encoder output), as in the authors' code (the paper does not say).
-    KL terms use log(sigma + 1e-8) like the code; `logvar` = 2 log(sigma + 1e-8) is
-    exposed for the metrics.
-NOTE: cascade schedule. Algorithm 1 is followed (`--schedule paper`, default): for
-    t = 1..T, at every t that is a multiple of r the next dim is relieved, so all m dims
-    sit at beta_h for t < r, and t_d plays no part. The authors' code (`--schedule
-    code`) relieves dim 0 from the first update and, once the alternating step starts
-    (t > t_d), holds the cascade for one period: n(t) = min(ceil(t/r) - [t > t_d], m).
-NOTE: dSprites settings where the code differs from supp. B.1 (we follow B.1 and
-    Table 1): code t_d = 4 periods x 2e4 = 8e4 (B.1: 1e5); code Adam lr 1e-4, constant
-    (B.1: 3e-4): tfops/lr_op.py builds a staircase decay x0.3 every 5e4 updates, but its
-    global_step is never incremented (minimize() gets no global_step and the update op is
-    never run), so no decay ever happens and none is compensated for here; code default
-    beta_l = 0.1 (Table 1's CascadeVAE row: 1.0). `--schedule code --t-d 80000 --lr 1e-4`
-    gives the code's schedule and rate.
-DEVIATION: the networks (nets.py), checked layer by layer against supp. B Tables 1-2 and
-    the authors' tfops/nets.py (encoder1_64/decoder1_64 for 64x64, encoder1_32/decoder1_32
-    for 32x32): kernels, strides, channels (64x64: 32-32-64-64 / 64-32-32-1; 32x32:
-    32-32-64 / 32-32-1, `--net jeong-song`, the default) and fully connected sizes are the
-    same. What differs: their decoder ends in logits as ours does (the tables print
-    Sigmoid); their 'SAME' padding is our padding=1 (equal for 4x4, stride 2, even sizes);
-    they flatten NHWC, we NCHW (matters only to port weights); they add an L2 penalty
-    4e-5 * sum w^2 / 2 on every weight and initialise convolutions He truncated-normal and
-    fully connected layers Glorot-uniform with zero biases; we use no weight decay and
-    PyTorch's default initialisation.
-DEVIATION: a discrete code that takes one value over the evaluated data is left out of
-    the FactorVAE vote (metrics.factor_vae_score, constant_discrete="drop"). The authors'
-    score divides by var + 1e-10, so a collapsed d (0 / 1e-10 = 0) wins every vote and the
-    score is 1/K: on a synthetic 5-factor code (tests/test_metrics.py) that is 0.20 for
-    them where ours gives 0.90, the same as without d. `constant_discrete="authors"`
-    gives theirs.
-NOTE: eq. 6 as printed sums d_i^T d_j over ordered pairs i != j (each pair twice); the
-    authors' code (slot t of a class costs t*lam', summing to lam' n_k(n_k-1)/2) counts
-    each unordered pair once. supp. B's lam' values were used with the code, so we count
-    unordered pairs: `--lam` is the code's (and the appendix's) lam'.
-NOTE: Algorithm 1 "Set d(i) = 0" is read literally as the zero vector (the authors'
-    code feeds zeros too): before t_d the decoder's discrete input is 0 and its weights
-    get no gradient, i.e. the model is CascadeVAE-C. With t_d >= the run's iterations
-    the alternating step never runs; as sec. 6 says, that trains CascadeVAE-C, and the
-    script says so and reports the discrete metrics as null.
-NOTE: reductions. Recon: Bernoulli NLL summed over pixels, averaged over the batch;
-    KL_j: batch mean per dim; the pair penalty enters as lam' * pairs / B. So `loss` is
-    minus eq. 6 divided by B (the code's scale); `assign` maximises the undivided sum,
-    which has the same maximiser.
-NOTE: the authors' code evaluates every 1e4 updates and keeps the checkpoint with the
-    best disentanglement score (a choice made with the ground-truth factors); we train
-    for the given iterations and evaluate the last model.
-NOTE: supp. B gives no m or beta_l for MNIST, Fashion-MNIST or Chairs and the code has
-    no such experiments: the presets take m from Tables 3-4 (m = 10, first rows) and
-    Fig. 9, and beta_l = 1.0 (Table 1's value); for Chairs m = 7, the number of dims
-    Algorithm 1 relieves in 1.5e5 updates at r = 2e4. Each is marked in PRESETS.
-NOTE: the paper splits MNIST into 50,000 training and 10,000 test images (sec. 7.2); we
-    train on torchvision's 60,000 training images and evaluate on its 10,000 test
-    images, like jointvae.py.
+DEVIATION: the decoder outputs logits, the likelihood is `binary_cross_entropy_with_logits`
+    (the paper: sigmoid + cross-entropy): same value, numerically stable, as the authors' code.
+DEVIATION: eq. 6 is solved with scipy's `linear_sum_assignment` in float64; the paper cites
+    minimum-cost flow (Jeong & Song 2018), the authors' code runs OR-tools' min-cost flow on
+    costs rounded to int32 at 1e-4 nats. Same problem and optimum up to that rounding.
+DEVIATION: the networks (nets.py) match supp. B Tables 1-2 and the authors' tfops/nets.py
+    layer by layer (kernels, strides, fully connected sizes, channels: 64x64 32-32-64-64 /
+    64-32-32-1; 32x32 32-32-64 / 32-32-1, `--net jeong-song`). What differs: 'SAME' padding
+    is our padding=1 (equal for 4x4, stride 2, even sizes); they flatten NHWC, we NCHW; their
+    decoder ends in logits as ours (the tables print Sigmoid); they add an L2 penalty 4e-5 *
+    sum w^2 / 2 and initialise He truncated-normal (conv) and Glorot-uniform (fc); we use no
+    weight decay and PyTorch's default initialisation.
+DEVIATION: a discrete code that takes one value over the evaluated data is left out of the
+    FactorVAE vote (metrics.factor_vae_score). The authors divide by var + 1e-10, so a
+    collapsed d wins every vote and the score is 1/K: 0.20 on a synthetic 5-factor code
+    (tests/test_metrics.py) where ours gives 0.90; `constant_discrete="authors"` gives theirs.
+NOTE: sigma = softplus(encoder output) and KL terms use log(sigma + 1e-8), as in the
+    authors' code (the paper does not say); `logvar` = 2 log(sigma + 1e-8) is for the metrics.
+NOTE: the cascade follows Algorithm 1 (`--schedule paper`); `--schedule code` is the
+    authors' dSprites schedule (relieved_dims has both).
+NOTE: dSprites settings where the code differs from supp. B.1 (we follow B.1 and Table 1):
+    code t_d = 4 periods x 2e4 = 8e4 (B.1: 1e5); code beta_l = 0.1 (Table 1: 1.0); code
+    Adam lr 1e-4, constant (B.1: 3e-4): tfops/lr_op.py builds a staircase decay x0.3 every
+    5e4 updates, but its global_step is never incremented (minimize() gets no global_step):
+    no decay happens. `--schedule code --t-d 80000 --lr 1e-4` gives the code's settings.
+NOTE: eq. 6 as printed sums over ordered pairs i != j; the authors' code counts each
+    unordered pair once and supp. B's lam' values were used with it: `--lam` is that lam'.
+NOTE: Algorithm 1's "Set d(i) = 0" is the zero vector (as in the authors' code), so before
+    t_d the model is CascadeVAE-C; with t_d >= the run's iterations the alternating step
+    never runs (sec. 6), the script says so and reports the discrete metrics as null.
+NOTE: the authors' code keeps the checkpoint (of one every 1e4 updates) with the best score,
+    a choice made with the ground-truth factors; we evaluate the last model.
+NOTE: supp. B gives no m or beta_l for MNIST, Fashion-MNIST or Chairs; PRESETS says where
+    each value comes from. The paper splits MNIST 50,000 / 10,000 (sec. 7.2); we train on
+    torchvision's 60,000 training images and evaluate on its 10,000 test images.
 """
 
-import argparse
-import csv
-import json
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -124,66 +91,47 @@ import viz
 # Arguments and paper presets
 # ---------------------------------------------------------------------------
 
-# Jeong & Song (2019) supp. B (all data sets: batch 64, beta_h = 10.0) and the tables.
+# Jeong & Song (2019) supp. B and the tables.
 # r, t_d and iterations count updates (Algorithm 1's t).
+ALL = dict(batch_size=64, beta_h=10.0)   # supp. B, every data set: batch 64, beta_h fixed at 10.0
 PRESETS = {
-    "dsprites": dict(                    # supp. B.1 dSprites
+    "dsprites": dict(ALL,                # supp. B.1 dSprites
         cont=6, beta_l=1.0,              # Table 1, CascadeVAE row: m = 6, beta_l = 1.0 (90.49 mean)
-        disc=3,                          # B.1: dimension of discrete 3 (S = 3, Tables 1-2)
-        lr=3e-4, batch_size=64,          # B.1: Adam 3e-4; B: batch 64
-        beta_h=10.0,                     # B: beta_h fixed at 10.0
+        disc=3, lr=3e-4,                 # B.1: dimension of discrete 3 (S = 3, Tables 1-2); Adam 3e-4
         lam=0.001, r=20000,              # B.1: lam' 0.001, r 2e4
         t_d=100000, iterations=300000,   # B.1: t_d 1e5, iterations 3e5
     ),
-    "mnist": dict(                       # supp. B.2 MNIST
+    "mnist": dict(ALL,                   # supp. B.2 MNIST
         cont=10,                         # Table 3 first row and Fig. 9: m = 10
-        beta_l=1.0,                      # not given for MNIST: Table 1's beta_l (see NOTE)
-        disc=10,                         # B.2: dimension of discrete 10
-        lr=3e-4, batch_size=64,          # B.2: Adam 3e-4; B: batch 64
-        beta_h=10.0,                     # B: beta_h 10.0
+        beta_l=1.0,                      # not given for MNIST: Table 1's beta_l
+        disc=10, lr=3e-4,                # B.2: dimension of discrete 10; Adam 3e-4
         lam=0.1, r=10000,                # B.2: lam' 0.1, r 1e4
         t_d=0, iterations=120000,        # B.2: t_d 0, iterations 1.2e5
     ),
-    "fashion-mnist": dict(               # supp. B.3 FashionMNIST
+    "fashion-mnist": dict(ALL,           # supp. B.3 FashionMNIST
         cont=10,                         # Table 4 first row: m = 10
-        beta_l=1.0,                      # not given: Table 1's beta_l (see NOTE)
-        disc=10,                         # B.3: dimension of discrete 10
-        lr=1e-4, batch_size=64,          # B.3: Adam 1e-4; B: batch 64
-        beta_h=10.0,                     # B: beta_h 10.0
+        beta_l=1.0,                      # not given: Table 1's beta_l
+        disc=10, lr=1e-4,                # B.3: dimension of discrete 10; Adam 1e-4
         lam=0.1, r=10000,                # B.3: lam' 0.1, r 1e4
         t_d=0, iterations=120000,        # B.3: t_d 0, iterations 1.2e5
     ),
-    "chairs": dict(                      # supp. B.4 Chairs (a folder of 64x64 images)
+    "chairs": dict(ALL,                  # supp. B.4 Chairs (a folder of 64x64 images)
         cont=7,                          # not given: 7 dims are relieved in 1.5e5 updates at r = 2e4
-        beta_l=1.0,                      # not given: Table 1's beta_l (see NOTE)
-        disc=3,                          # B.4: dimension of discrete 3 (Fig. 10: "period of 3")
-        lr=1e-4, batch_size=64,          # B.4: Adam 1e-4; B: batch 64
-        beta_h=10.0,                     # B: beta_h 10.0
+        beta_l=1.0,                      # not given: Table 1's beta_l
+        disc=3, lr=1e-4,                 # B.4: dimension of discrete 3 (Fig. 10: "period of 3"); Adam 1e-4
         lam=0.01, r=20000,               # B.4: lam' 0.01, r 2e4
         t_d=60000, iterations=150000,    # B.4: t_d 6e4, iterations 1.5e5
     ),
 }
 PRESETS["shapes"] = dict(PRESETS["dsprites"])  # procedural dSprites: the dSprites preset
 
-# How each --dataset maps onto data.load_dataset, and the default splits: accuracy on
-# test data for MNIST / Fashion-MNIST (Tables 3-4); factor data sets are one grid.
-DATA_SOURCES = {
-    "mnist": dict(name="mnist", channels=1, train_split="train", eval_split="test"),
-    "fashion-mnist": dict(name="fashion-mnist", channels=1, train_split="train", eval_split="test"),
-    "dsprites": dict(name="dsprites", channels=1, train_split="train", eval_split="train"),
-    "shapes": dict(name="shapes", channels=1, train_split="train", eval_split="train"),
-    "chairs": dict(name="images", channels=1, train_split="train", eval_split="train"),
-}
+# Accuracy on test data for MNIST / Fashion-MNIST (Tables 3-4); factor data sets are one grid.
+DATA_SOURCES = data.sources("mnist", "fashion-mnist", "dsprites", "shapes", "chairs")
 
 DEFAULTS = dict(
-    dataset="mnist", data_dir="data", download=True, train_split=None, eval_split=None,
-    cont=10, disc=10, no_discrete=False, beta_h=10.0, beta_l=1.0, r=10000, t_d=0,
-    schedule="paper", lam=0.1, no_cascade=False, beta=None, lr=3e-4, batch_size=64,
-    iterations=120000, seed=0, device="auto", out=None, log_every=100, save_every=5000,
-    eval_samples=None, eval_batch_size=512, metric_votes=800, eval_only=False,
-    checkpoint=None, resume=None, no_eval=False, no_progress=False, net="jeong-song",
-    time_budget=None, overwrite=False, force_resume=False,
-    pretrained=False, weights_dir=None, traversal_range=None,
+    dataset="mnist", cont=10, disc=10, no_discrete=False, beta_h=10.0, beta_l=1.0, r=10000, t_d=0,
+    schedule="paper", lam=0.1, no_cascade=False, beta=None, lr=3e-4, batch_size=64, iterations=120000,
+    save_every=5000, net="jeong-song", traversal_range=None, **runs.RUN_DEFAULTS,
 )
 
 
@@ -191,21 +139,15 @@ def preset_source(dataset, key):
     """Where a preset value comes from (shown by --help)."""
     appendix = {"dsprites": "supp. B.1", "shapes": "supp. B.1 (dSprites)", "mnist": "supp. B.2",
                 "fashion-mnist": "supp. B.3", "chairs": "supp. B.4"}[dataset]
+    dsprites = "B.1" in appendix
     if key == "cont":
-        return {"mnist": "Table 3", "fashion-mnist": "Table 4"}.get(dataset, "Table 1" if "B.1" in appendix
-                                                                     else "ours (see PRESETS)")
-    if key == "beta_l":
-        return "Table 1" + ("" if "B.1" in appendix else " (not given for this data set)")
-    return appendix
+        return {"mnist": "Table 3", "fashion-mnist": "Table 4"}.get(dataset, "Table 1" if dsprites else "ours (see PRESETS)")
+    return ("Table 1" + ("" if dsprites else " (not given for this data set)")) if key == "beta_l" else appendix
 
 
 def build_parser(dataset="mnist"):
-    p = argparse.ArgumentParser(
-        prog="cascadevae.py",
-        description="CascadeVAE (Jeong & Song 2019): train or evaluate. Defaults shown are the "
-                    f"supp. B preset for --dataset {dataset}; flags override.",
-        argument_default=argparse.SUPPRESS,  # so we know which flags the user set
-    )
+    p = runs.parser("cascadevae.py", "CascadeVAE (Jeong & Song 2019): train or evaluate. Defaults shown are "
+                    f"the supp. B preset for --dataset {dataset}; flags override.")
     p.add_argument("--dataset", choices=sorted(DATA_SOURCES), help="selects data and supp. B preset (default mnist)")
     p.add_argument("--cont", type=int, help="number of continuous latent units m")
     p.add_argument("--disc", type=int, help="number S of discrete configurations (one categorical variable)")
@@ -225,75 +167,49 @@ def build_parser(dataset="mnist"):
                    help="traversal figures over (-R, R) (default: dSprites Figs. 3/5: 1.5 and 1.2; else Figs. 8-10: 2)")
     p.add_argument("--net", choices=["jeong-song", "dupont"],
                    help="32x32 encoder: supp. B Table 2 (32-32-64 channels) or Dupont's (32-64-64)")
-    runs.add_run_flags(p, "cascadevae", "data folder (torchvision layout), or the image folder for chairs")
-    if dataset in PRESETS:  # an unknown --dataset is reported by the parser itself
-        runs.show_defaults(p, DEFAULTS, PRESETS[dataset], lambda key: preset_source(dataset, key))
-    return p
-
-
-def _normalize(cfg):
-    """Fill what the flags leave open (in place): splits, run folder, keys older runs lack."""
-    runs.normalize(cfg, DEFAULTS, DATA_SOURCES, "cascadevae")
-    return cfg
+    return runs.finish_parser(p, "cascadevae", "data folder (torchvision layout), or the image folder for chairs",
+                              dataset, DEFAULTS, PRESETS, lambda key: preset_source(dataset, key))
 
 
 def make_config(argv=None):
-    """Merge DEFAULTS <- PRESETS[dataset] <- explicit flags; on --resume, the run's own
-    config <- the flags that only change how it goes on (runs.merge_resume)."""
-    explicit = vars(build_parser(runs.dataset_of(argv, DEFAULTS["dataset"])).parse_args(argv))
-    if "resume" in explicit:
-        # Runs from before --net used Dupont's 32x32 encoder.
-        cfg = runs.resume_config(explicit, "cascadevae", _normalize, legacy=dict(net="dupont"))
-    else:
-        cfg = dict(DEFAULTS)
-        dataset = explicit.get("dataset", cfg["dataset"])
-        cfg.update(PRESETS[dataset])
-        cfg.update(explicit)
-        runs.use_pretrained(cfg, "cascadevae")
-        _normalize(cfg)
-    validate_config(cfg)
-    return cfg
+    """DEFAULTS <- PRESETS[dataset] <- the flags given; on --resume, the run's own config
+    <- the flags that only change how it goes on (runs.make_config). Runs from before
+    --net used Dupont's 32x32 encoder."""
+    normalize = lambda cfg: runs.normalize(cfg, DEFAULTS, DATA_SOURCES, "cascadevae")  # noqa: E731 splits, run folder
+    return runs.make_config(argv, "cascadevae", build_parser, DEFAULTS, PRESETS, normalize, validate_config,
+                            legacy=dict(net="dupont"))
 
 
 def validate_config(cfg):
     """One ValueError sentence per bad flag combination."""
     runs.validate_run_flags(cfg, ('beta_h', 'beta_l', 'lam', 'beta'))
-    if cfg["cont"] < 1:
-        raise ValueError(f"--cont {cfg['cont']}: CascadeVAE needs at least one continuous unit (m >= 1).")
-    if not cfg["no_discrete"] and cfg["disc"] < 2:
-        raise ValueError(f"--disc {cfg['disc']}: the discrete variable needs S >= 2 configurations "
-                         "(one configuration carries no information); use --no-discrete for CascadeVAE-C.")
-    if cfg["lam"] < 0:
-        raise ValueError(f"--lam {cfg['lam']} is negative; eq. 6 needs lam' >= 0 (a negative weight rewards "
-                         "same-class pairs and the assignment is then no longer exact).")
-    if cfg["beta_h"] < 0 or cfg["beta_l"] < 0:
-        raise ValueError("--beta-h and --beta-l must be >= 0 (they weight KL terms).")
-    if cfg["r"] < 1:
-        raise ValueError(f"--r {cfg['r']}: the cascade period must be at least 1 iteration.")
-    if cfg["t_d"] < 0:
-        raise ValueError(f"--t-d {cfg['t_d']}: the warm-up t_d must be >= 0.")
-    if cfg["no_cascade"] and cfg["beta"] is None:
-        raise ValueError("--no-cascade needs --beta B, the single beta of CascadeVAE-D (Table 1 uses 7.0 for m = 6).")
-    if cfg["beta"] is not None and not cfg["no_cascade"]:
-        raise ValueError("--beta is the single beta of --no-cascade (CascadeVAE-D); "
-                         "for the cascade set --beta-h and --beta-l instead.")
-    if cfg["beta"] is not None and cfg["beta"] < 0:
-        raise ValueError(f"--beta {cfg['beta']} is negative; eq. 1 needs beta >= 0.")
+    beta, cascade = cfg["beta"], not cfg["no_cascade"]
+    runs.first_error(
+        (cfg["cont"] < 1, f"--cont {cfg['cont']}: CascadeVAE needs at least one continuous unit (m >= 1)."),
+        (not cfg["no_discrete"] and cfg["disc"] < 2, f"--disc {cfg['disc']}: the discrete variable needs S >= 2 "
+         "configurations (one configuration carries no information); use --no-discrete for CascadeVAE-C."),
+        (cfg["lam"] < 0, f"--lam {cfg['lam']} is negative; eq. 6 needs lam' >= 0 (a negative weight rewards "
+         "same-class pairs and the assignment is then no longer exact)."),
+        (cfg["beta_h"] < 0 or cfg["beta_l"] < 0, "--beta-h and --beta-l must be >= 0 (they weight KL terms)."),
+        (cfg["r"] < 1, f"--r {cfg['r']}: the cascade period must be at least 1 iteration."),
+        (cfg["t_d"] < 0, f"--t-d {cfg['t_d']}: the warm-up t_d must be >= 0."),
+        (not cascade and beta is None,
+         "--no-cascade needs --beta B, the single beta of CascadeVAE-D (Table 1 uses 7.0 for m = 6)."),
+        (cascade and beta is not None, "--beta is the single beta of --no-cascade (CascadeVAE-D); "
+         "for the cascade set --beta-h and --beta-l instead."),
+        (beta is not None and beta < 0, f"--beta {beta} is negative; eq. 1 needs beta >= 0."))
 
 
 def objective_name(cfg):
     """Which model of the paper the flags select (printed and saved with the run)."""
-    discrete = not cfg["no_discrete"]
-    if discrete and cfg["t_d"] >= cfg["iterations"]:
-        discrete = False  # sec. 6: "if t_d > MAXITER, the pseudocode trains CascadeVAE-C"
-        suffix = " (t_d >= iterations: the alternating step never runs, sec. 6)"
-    else:
-        suffix = ""
+    # sec. 6: "if t_d > MAXITER, the pseudocode trains CascadeVAE-C"
+    never = not cfg["no_discrete"] and cfg["t_d"] >= cfg["iterations"]
+    discrete = not cfg["no_discrete"] and not never
     if cfg["no_cascade"]:
         name = "CascadeVAE-D (eq. 5-6, one beta)" if discrete else "beta-VAE (eq. 1)"
     else:
         name = "CascadeVAE (eq. 5-6, Algorithm 1)" if discrete else "CascadeVAE-C (eq. 1 with information cascading)"
-    return name + suffix
+    return name + (" (t_d >= iterations: the alternating step never runs, sec. 6)" if never else "")
 
 
 # ---------------------------------------------------------------------------
@@ -305,29 +221,24 @@ SIGMA_EPS = 1e-8  # added inside log(sigma), as the authors' code does
 
 def reparameterize(mu, sigma):
     """z = mu + sigma * eps, eps ~ N(0, I): z ~ q(z|x) with gradients to mu and sigma.
-
-    mu, sigma (B, D) -> z (B, D).
-    """
+    mu, sigma (B, D) -> z (B, D)."""
     # BEGIN SOLUTION: sec. 4 reparameterisation, return z = mu + sigma * eps (B, D)
-    eps = torch.randn_like(mu)   # (B, D)
-    return mu + sigma * eps      # (B, D)
+    return mu + sigma * torch.randn_like(mu)  # (B, D), eps ~ N(0, I) (B, D)
     # END SOLUTION
 
 
 class CascadeVAE(nn.Module):
     """q(z|x) = N(mu, diag sigma^2); p(x | z, d) Bernoulli with d one-hot in {e_1..e_S} (Fig. 1d).
 
-    The encoder sees only x and outputs only z's parameters: d is not encoded but
-    inferred through the decoder (sec. 4), by `unary` + `assign` in training and by
-    `infer_discrete` at test time. disc = 0 builds CascadeVAE-C (decoder input z only).
+    The encoder outputs only z's parameters: d is inferred through the decoder (sec. 4), by
+    `unary` + `assign` in training and `infer_discrete` at test time. disc = 0: CascadeVAE-C.
     """
 
     def __init__(self, image_size, cont, disc, net="jeong-song"):
         super().__init__()
         self.cont, self.disc = int(cont), int(disc)
-        # supp. B Table 2: on 32x32 images the encoder's convolutions have 32 -> 32 -> 64
-        # channels (Dupont's net, which jointvae.py keeps for the author's weights, has
-        # 32 -> 64 -> 64); on 64x64 (Table 1) the two nets are the same.
+        # supp. B Table 2: on 32x32 the encoder has 32 -> 32 -> 64 channels (Dupont's, kept by
+        # jointvae.py for the author's weights: 32 -> 64 -> 64); on 64x64 (Table 1) they agree.
         channels = nets.JEONG_SONG_CHANNELS if net == "jeong-song" else None
         # One head carries [mu (D) | pre-sigma (D)], like the authors' split of one output.
         self.encoder = nets.Encoder(image_size, 2 * self.cont, channels=channels)
@@ -345,10 +256,7 @@ class CascadeVAE(nn.Module):
         the zero vector (before t_d); without a discrete variable it is z itself."""
         if not self.disc:
             return z                                      # (B, D)
-        if d is None:
-            onehot = z.new_zeros(z.shape[0], self.disc)   # (B, S) the zero vector
-        else:
-            onehot = F.one_hot(d, self.disc).to(z.dtype)  # (B, S) e_{d_i}
+        onehot = z.new_zeros(z.shape[0], self.disc) if d is None else F.one_hot(d, self.disc).to(z.dtype)  # (B, S)
         return torch.cat([z, onehot], dim=1)              # (B, D + S)
 
     def decode(self, latent):
@@ -356,12 +264,9 @@ class CascadeVAE(nn.Module):
 
     @torch.no_grad()
     def unary(self, x, z):
-        """eq. 6: u[i, k] = log p_theta(x_i | z_i, e_k) for all k, in one batched decode.
-
-        Bernoulli log-likelihood summed over pixels and channels. No gradient: the
-        networks are frozen while d is chosen (Algorithm 1). x (B, C, H, W), z (B, D)
-        -> u (B, S).
-        """
+        """eq. 6: u[i, k] = log p_theta(x_i | z_i, e_k) for all k, in one batched decode;
+        Bernoulli log-likelihood summed over pixels and channels. No gradient: the networks
+        are frozen while d is chosen (Algorithm 1). x (B, C, H, W), z (B, D) -> u (B, S)."""
         b, s = z.shape[0], self.disc
         onehots = torch.eye(s, device=z.device, dtype=z.dtype)                   # (S, S) e_1..e_S
         lat = torch.cat([z.unsqueeze(0).expand(s, b, self.cont),
@@ -391,23 +296,18 @@ class CascadeVAE(nn.Module):
 # ---------------------------------------------------------------------------
 
 def kl_normal(mu, sigma):
-    """KL(N(mu, sigma^2) || N(0, 1)) per unit: 1/2 (mu^2 + sigma^2 - 1) - log sigma, (B, D).
-
-    Batch-averaged, unit j's term is the sample estimate of E_x KL(q(z_j|x)||p(z_j)),
-    the upper bound on I(x; z_j) plotted in Figs. 5, 9, 11.
-    """
+    """KL(N(mu, sigma^2) || N(0, 1)) per unit: 1/2 (mu^2 + sigma^2 - 1) - log sigma, (B, D);
+    batch-averaged, E_x KL(q(z_j|x)||p(z_j)) >= I(x; z_j), the curves of Figs. 5, 9, 11."""
     return 0.5 * (mu.pow(2) + sigma.pow(2) - 1.0) - torch.log(sigma + SIGMA_EPS)  # (B, D)
 
 
 def relieved_dims(step, m, r, t_d, schedule="paper"):
-    """How many dims have been switched from beta_h to beta_l at update `step` (= t).
+    """How many dims have been switched from beta_h to beta_l at update `step` (= t), 0..m.
 
-    paper (Algorithm 1): "for t = 1..MAXITER: if t is a multiple of r, switch beta_j
-        to beta_l and j <- j + 1", so n(t) = floor(t / r), capped at m.
-    code (the authors' dSprites script, update t = iter + 1, period p = (t - 1) // r):
-        p + 1 dims while t <= t_d and p dims after, i.e. dim 0 is relieved at the first
-        update and the cascade pauses for one period when the alternating step starts.
-    Returns an int in 0..m.
+    paper (Algorithm 1): "for t = 1..MAXITER: if t is a multiple of r, switch beta_j to
+        beta_l and j <- j + 1": n(t) = min(floor(t / r), m); t_d plays no part.
+    code (the authors' dSprites script): n(t) = min(ceil(t / r) - [t > t_d], m): dim 0 is
+        relieved at the first update and the cascade pauses for one period at t_d.
     """
     # BEGIN SOLUTION: Algorithm 1 cascade schedule, return the number of relieved dims (int)
     step = int(step)
@@ -425,11 +325,9 @@ def cascade_betas(step, m, beta_h, beta_l, r, t_d, schedule="paper"):
     """sec. 3, 6, Algorithm 1: the per-dim KL weights beta_j at update `step`, (m,) float32.
 
     Each beta_j starts at beta_h and is relieved to beta_l in order j = 1, 2, ...; while
-    z_{i+1:m} are held at beta_h, maximising eq. 1 maximises a lower bound on
-    I(x; z_{1:i}) = I(x; z_{1:i-1}) + I(x; z_i) - I(z_{1:i-1}; z_i) (Prop. 2), pushing down the
-    summand I(z_{1:i-1}; z_i) of TC(z) (eq. 4, Prop. 1): the newly opened dim is
-    encouraged to carry information independent of the ones opened before it.
-    t_d only matters for schedule="code" (see `relieved_dims`).
+    z_{i+1:m} are held at beta_h, eq. 1 bounds I(x; z_{1:i}) = I(x; z_{1:i-1}) + I(x; z_i)
+    - I(z_{1:i-1}; z_i) (Prop. 2), pushing down the summand I(z_{1:i-1}; z_i) of TC(z) (eq. 4,
+    Prop. 1): the newly opened dim carries information independent of the earlier ones.
     """
     # BEGIN SOLUTION: sec. 6 per-dim betas, return (m,) float32: beta_l for relieved dims, else beta_h
     n = relieved_dims(step, m, r, t_d, schedule)
@@ -442,14 +340,11 @@ def cascade_betas(step, m, beta_h, beta_l, r, t_d, schedule="paper"):
 def same_class_pairs(d, num_disc):
     """Class counts n_k (S,) of a batch's assignment and its unordered same-class pairs.
 
-    Lemma 1 (the reason for the penalty): for a uniform prior p(d) over S
-    configurations, KL(q(d)||p(d)) = sum_d q log(q S) <= sum_d q (q S - 1)
-    = S E_{d,d'~q(d)}[1(d = d')] - 1 (log y <= y - 1). On a batch, with q_k = n_k / B,
-    sum_{i != j} 1[d_i = d_j] = B^2 sum_k q_k^2 - B = 2 * pairs: eq. 6's pair count is
-    an increasing affine function of the bound, so penalising pairs pushes the batch's
-    q(d) towards uniform. pairs = sum_k n_k (n_k - 1) / 2 counts each unordered pair
-    once, the authors' code's convention (see the module docstring).
-    d LongTensor (B,) in 0..S-1 -> counts (S,) float32 tensor, pairs 0-dim float32 tensor.
+    Lemma 1: for a uniform p(d), KL(q(d)||p(d)) = sum_d q log(q S) <= S E_{d,d'~q(d)}[1(d =
+    d')] - 1 (log y <= y - 1). On a batch (q_k = n_k / B) sum_{i != j} 1[d_i = d_j] = B^2
+    sum_k q_k^2 - B = 2 * pairs is increasing affine in the bound, so penalising pairs pushes
+    q(d) towards uniform. pairs = sum_k n_k (n_k - 1) / 2: each unordered pair once, as the
+    authors' code counts. d LongTensor (B,) in 0..S-1 -> counts (S,), pairs 0-dim, float32.
     """
     # BEGIN SOLUTION: Lemma 1 pair term, return (counts n_k (S,), unordered same-class pairs)
     counts = F.one_hot(d, num_disc).sum(dim=0).to(torch.float32)   # (S,) n_k
@@ -464,49 +359,34 @@ def assign(u, lam, slots=None):
     u (B, S) tensor or array: u[i, k] = log p(x_i | z_i, e_k); lam >= 0 is lam' per
     unordered same-class pair. Returns d LongTensor (B,) on the CPU.
 
-    Why a linear assignment is exact. With class counts n_k(d), pairs(d) =
-    sum_k n_k (n_k - 1) / 2 =: sum_k f(n_k), and f(n + 1) - f(n) = n grows with n
-    (f is convex in the count). Give every class k B "slots" t = 0..B-1 and let image i
-    in slot (k, t) cost c[i, (k, t)] = -u[i, k] + lam * t; a linear assignment puts each
-    image in its own slot, minimising the total cost (the matrix is (B, S*B), every row
-    matched to a distinct column).
-      (a) Any assignment whose images of class k use slots T_k (|T_k| = n_k) costs
-          -sum_i u[i, d_i] + lam sum_k sum_{t in T_k} t >= -objective(d), with equality
-          when T_k = {0, .., n_k - 1}, because sum_{t < n_k} t = n_k (n_k - 1) / 2.
-      (b) Every labelling d is reached by such a "lowest slots" assignment.
-    So min over assignments = min over labellings of -objective(d), and the classes of
-    an optimal assignment form an optimal d. Convexity is what makes the slot costs
-    increasing (lam >= 0); with lam < 0 the cheapest slots would be the last ones and
-    (a) fails, hence the check. lam = 0 gives the row-wise argmax; a large lam forces
-    counts that differ by at most one.
+    Why a linear assignment is exact (notebooks/04_cascade_assignment.ipynb checks it by
+    brute force). pairs(d) = sum_k f(n_k) with f(n) = n (n - 1) / 2 and f(n + 1) - f(n) = n:
+    f is convex in the class count. Give every class k slots t = 0..B-1, image i in slot
+    (k, t) costing -u[i, k] + lam * t, and match every image to its own slot (a (B, S*B)
+    linear assignment). (a) An assignment whose class-k images use slots T_k costs
+    -sum_i u[i, d_i] + lam sum_k sum_{t in T_k} t >= -objective(d), with equality for the
+    lowest slots T_k = {0..n_k - 1}, as sum_{t < n_k} t = f(n_k); (b) every labelling d is
+    reached that way. So the optimal assignment's classes are an optimal d. With lam < 0
+    the slot costs would decrease and (a) fails, hence the check; lam = 0 is the row-wise
+    argmax.
 
-    Speed (same optimum): only the first `slots` slots of each class are offered, a
-    (B, S*slots) matrix; default slots = 1 + the largest class of the row-wise argmax
-    (never fewer than ceil(B / S): every image needs a slot).
-    If every class of the solution has fewer than `slots` members the cap is slack, and
-    the solution is optimal without it: the slot LP is the convex problem
-    min_y -sum u y + lam sum_k g(sum_i y_ik) (g the piecewise-linear f), a solution at
-    which no cap binds is a local, hence global, minimum of the uncapped problem, and
-    the LP optimum is a lower bound on every labelling's cost. Otherwise the cap doubles
-    (at most log2 B more solves; `slots` = B is the plain construction above).
+    Speed (same optimum): only the first `slots` slots of each class are offered, default
+    1 + the largest class of the row-wise argmax (never below ceil(B / S)). If no class of
+    the solution fills its cap, the cap is slack: the slot LP is convex, a solution where no
+    cap binds is a global minimum of the uncapped problem. Otherwise the cap doubles (at
+    most log2 B more solves; `slots` = B is the plain construction).
     """
-    if isinstance(u, torch.Tensor):
-        u = u.detach().cpu().double().numpy()
-    u = np.asarray(u, dtype=np.float64)                   # (B, S)
+    u = np.asarray(u.detach().cpu().double().numpy() if isinstance(u, torch.Tensor) else u, dtype=np.float64)  # (B, S)
     if u.ndim != 2 or u.shape[0] < 1 or u.shape[1] < 1:
         raise ValueError(f"u must be a (B, S) array with B, S >= 1, got shape {u.shape}.")
-    if isinstance(lam, torch.Tensor):
-        if lam.numel() != 1:
-            raise ValueError(f"lam must be one number (lam' of eq. 6), got a tensor of shape {tuple(lam.shape)}.")
-        lam = lam.item()
+    if not np.isfinite(u).all():
+        raise ValueError("u has NaN or infinite entries; the log-likelihoods must be finite to assign classes.")
     try:
-        lam = float(lam)
-    except (TypeError, ValueError):
+        lam = float(lam.item() if isinstance(lam, torch.Tensor) and lam.numel() == 1 else lam)
+    except (TypeError, ValueError, RuntimeError):
         raise ValueError(f"lam must be one number (lam' of eq. 6), got {lam!r}.") from None
     if not np.isfinite(lam) or lam < 0:
         raise ValueError(f"lam = {lam}: the pair penalty must be a finite number >= 0 for the assignment to be exact.")
-    if not np.isfinite(u).all():
-        raise ValueError("u has NaN or infinite entries; the log-likelihoods must be finite to assign classes.")
     # BEGIN SOLUTION: eq. 6 as a linear assignment, return the optimal d, LongTensor (B,) on the CPU
     b, s = u.shape
     if slots is None:
@@ -531,10 +411,9 @@ def assign(u, lam, slots=None):
 def cascadevae_loss(x, x_logits, mu, sigma, betas, d=None, num_disc=0, lam=0.0):
     """The loss to minimise (minus eq. 6 / B, with d fixed) and its terms.
 
-    x (B, C, H, W) in [0, 1]; x_logits (B, C, H, W) decoded from (z, e_d) (or (z, 0));
-    mu, sigma (B, D); betas (D,) from `cascade_betas` (all equal: eq. 1 / CascadeVAE-D);
-    d LongTensor (B,) from `assign`, or None before t_d / without a discrete variable;
-    num_disc S; lam = lam' of eq. 6.
+    x (B, C, H, W) in [0, 1]; x_logits (B, C, H, W) decoded from (z, e_d) (or (z, 0)); mu,
+    sigma (B, D); betas (D,) from `cascade_betas` (all equal: eq. 1 / CascadeVAE-D); d (B,)
+    from `assign` or None (before t_d, no discrete variable); num_disc S; lam = lam' of eq. 6.
     Returns a dict of 0-dim tensors (no host sync) plus per-unit KLs (D,) and counts (S,):
       recon        -(1/B) sum_i log p(x_i | z_i, e_{d_i}), summed over pixels  (eq. 5, 1st term)
       kl_units     (D,) batch-mean KL_j;  kl = sum_j KL_j
@@ -553,7 +432,6 @@ def cascadevae_loss(x, x_logits, mu, sigma, betas, d=None, num_disc=0, lam=0.0):
     kl = kl_units.sum()                                          # KL(q(z|x)||p(z)), summed over units
     # eq. 5-6 with a beta per dim (sec. 6): sum_j beta_j KL(q(z_j|x)||p(z_j)).
     weighted_kl = (betas.to(kl_units.dtype) * kl_units).sum()
-    zero = kl.new_zeros(())
     if d is not None:
         counts, pairs = same_class_pairs(d, num_disc)            # (S,), 0-dim
         counts = counts.to(kl.dtype)
@@ -563,20 +441,20 @@ def cascadevae_loss(x, x_logits, mu, sigma, betas, d=None, num_disc=0, lam=0.0):
         kl_d = math.log(num_disc) - h_d                          # KL(q(d)||p(d)), p uniform
         lemma1_bound = num_disc * q.pow(2).sum() - 1.0           # Lemma 1: >= kl_d
     else:
-        counts, penalty, h_d, kl_d, lemma1_bound = kl.new_zeros(max(num_disc, 0)), zero, zero, zero, zero
+        counts, (penalty, h_d, kl_d, lemma1_bound) = kl.new_zeros(max(num_disc, 0)), [kl.new_zeros(())] * 4
     loss = recon + weighted_kl + penalty
-    return dict(loss=loss, recon=recon, kl=kl, weighted_kl=weighted_kl, penalty=penalty,
-                h_d=h_d, kl_d=kl_d, lemma1_bound=lemma1_bound, kl_units=kl_units, counts=counts)
+    return dict(loss=loss, recon=recon, kl=kl, weighted_kl=weighted_kl, penalty=penalty, h_d=h_d, kl_d=kl_d,
+                lemma1_bound=lemma1_bound, kl_units=kl_units, counts=counts)
     # END SOLUTION
 
 
 def alternating_step_terms(model, x, betas, lam, assign_discrete):
     """Algorithm 1's loop body up to the gradient (the caller steps the optimiser).
 
-    Sample z ~ q(z|x) once; if `assign_discrete` (t > t_d and S >= 2): u from one no-grad
-    decode of B*S images, d = assign(u, lam); then decode (z, e_d) with gradients, reusing
-    the same z, and return `cascadevae_loss`'s terms plus d (B,) or None, u (B, S) or None
-    and the seconds the solve took (host time, excluding the device-to-host copy of u).
+    Sample z ~ q(z|x) once; if `assign_discrete` (t > t_d, S >= 2): u from one no-grad decode
+    of B*S images, d = assign(u, lam); then decode (z, e_d) with gradients, the same z.
+    Returns `cascadevae_loss`'s terms plus d (B,) or None, u (B, S) or None and the
+    seconds the solve took (host time, excluding the device-to-host copy of u).
     """
     mu, sigma, _ = model.encode(x)                     # (B, D), (B, D)
     z = reparameterize(mu, sigma)                      # (B, D) one sample per image
@@ -584,7 +462,7 @@ def alternating_step_terms(model, x, betas, lam, assign_discrete):
     if model.disc and assign_discrete:
         u = model.unary(x, z.detach())                 # (B, S), networks frozen
         u_host = u.cpu()                               # the one host sync per step of the alternating phase
-        if not bool(torch.isfinite(u_host).all()):
+        if not bool(torch.isfinite(u_host).all()):     # a NaN model: TrainLog says what to do
             raise FloatingPointError("non-finite log-likelihoods in the assignment step")
         t0 = time.perf_counter()
         d = assign(u_host, lam).to(x.device)           # (B,) eq. 6, exact
@@ -600,9 +478,7 @@ def alternating_step_terms(model, x, betas, lam, assign_discrete):
 # ---------------------------------------------------------------------------
 
 def load_dataset(cfg, split):
-    source = DATA_SOURCES[cfg["dataset"]]
-    return data.load_dataset(source["name"], split=split, data_dir=cfg["data_dir"],
-                             download=cfg["download"], channels=source["channels"])
+    return data.load_for(cfg, split)
 
 
 def build_model(cfg, image_size, device=torch.device("cpu")):
@@ -612,13 +488,9 @@ def build_model(cfg, image_size, device=torch.device("cpu")):
                       device)
 
 
-def num_iterations(cfg, n_train):
-    return int(cfg["iterations"])  # supp. B gives training length in iterations directly
-
-
 def schedule_t_d(cfg):
-    """The t_d the cascade schedule sees. CascadeVAE-C has no discrete step to pause for:
-    the authors' CascadeVAE-C relieves one more dim every r updates until all m are."""
+    """The t_d the cascade schedule sees: CascadeVAE-C has no discrete step to pause for (the
+    authors' CascadeVAE-C relieves one more dim every r updates until all m are)."""
     return math.inf if cfg["no_discrete"] else cfg["t_d"]
 
 
@@ -635,20 +507,17 @@ def discrete_trained(cfg, step):
     return not cfg["no_discrete"] and step is not None and step > cfg["t_d"]
 
 
+LOGGED = ("loss", "recon", "kl", "weighted_kl", "penalty", "h_d", "kl_d", "lemma1_bound")  # cascadevae_loss's
+
+
 def log_columns(cfg):
-    return (["step", "loss", "recon", "kl", "weighted_kl", "penalty", "h_d", "kl_d", "lemma1_bound",
-             "relieved", "solve_ms"] + [f"kl_z{j}" for j in range(cfg["cont"])] + ["seconds", "img_per_s"])
+    return ["step", *LOGGED, "relieved", "solve_ms"] + [f"kl_z{j}" for j in range(cfg["cont"])] + ["seconds", "img_per_s"]
 
 
 def train(cfg, device, argv=()):
     """Algorithm 1 for the given number of updates (or until --time-budget); returns the
     model, the step reached, the run's config and whether training is finished."""
-    out = cfg["out"]
-    runs.check_out_dir(out, new_run=not cfg["resume"], overwrite=cfg["overwrite"])
-    ds = load_dataset(cfg, cfg["train_split"])
-    runs.check_batch_size(cfg, len(ds))
-    total = num_iterations(cfg, len(ds))
-    runs.seed_everything(cfg["seed"])
+    ds, total = runs.prepare_training(cfg, load_dataset)  # folder checked, data loaded, RNGs seeded
     model = build_model(cfg, ds.image_size, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     step, window = runs.restore(cfg, model, optimizer, "cascadevae") if cfg["resume"] else (0, None)
@@ -659,12 +528,11 @@ def train(cfg, device, argv=()):
         print(f"note: --t-d {cfg['t_d']} >= {total} iterations, so the alternating step never runs and this "
               "run trains CascadeVAE-C (sec. 6); lower --t-d to learn the discrete factor.")
 
-    log = runs.TrainLog(cfg, log_columns(cfg), step, total, device, window, "cascadevae", argv)
     stream = data.batches(ds, cfg["batch_size"], seed=cfg["seed"], start_step=step)
     model.train()
     beta_cache = {}  # the betas change every r steps: keep one device copy per value
-    finite = torch.ones((), dtype=torch.bool, device=device)
-    try:
+    with runs.TrainLog(cfg, log_columns(cfg), step, total, device, window, "cascadevae", argv,
+                       nan_hint="lower --lr, or check the input data") as log:
         while step < total:
             _, x = next(stream)                               # (B, C, H, W) in [0, 1]
             x = x.to(device, non_blocking=True)
@@ -679,25 +547,14 @@ def train(cfg, device, argv=()):
             terms["loss"].backward()
             optimizer.step()
             # Accumulate on the device; the host reads them once per --log-every.
-            log.add(torch.cat([torch.stack([terms[k].detach() for k in
-                                            ("loss", "recon", "kl", "weighted_kl", "penalty", "h_d", "kl_d",
-                                             "lemma1_bound")]),
-                               terms["kl_units"].detach()]), host=terms["solve_seconds"])  # (8 + D,)
-            finite &= torch.isfinite(terms["loss"].detach())
+            log.add(torch.cat([torch.stack([terms[k].detach() for k in LOGGED]), terms["kl_units"].detach()]),
+                    terms["loss"], host=terms["solve_seconds"])     # (8 + D,)
             if log.due(step):
-                if not bool(finite):
-                    raise FloatingPointError(step)
                 values, solve_s = log.read()
-                n_shown = cfg["cont"] if n_relieved < 0 else n_relieved
-                values = values[:8] + [n_shown, 1000.0 * solve_s] + values[8:]
+                values = values[:8] + [cfg["cont"] if n_relieved < 0 else n_relieved, 1000.0 * solve_s] + values[8:]
                 log.write(step, values, x.shape[0], loss=values[0], recon=values[1], kl=values[2], h_d=values[5])
-            if log.end_step(step, model, optimizer, finite):
+            if log.end_step(step, model, optimizer):
                 break
-    except FloatingPointError:
-        raise FloatingPointError(runs.nan_message(step, log.ckpt_path, cfg["save_every"],
-                                                  "lower --lr, or check the input data")) from None
-    finally:
-        log.close()
     return model, step, cfg, log.finish(step)
 
 
@@ -705,134 +562,92 @@ def train(cfg, device, argv=()):
 # Evaluation and figures
 # ---------------------------------------------------------------------------
 
-# Traversal ranges of the papers' figures: dSprites Fig. 3 (-1.5, 1.5) and Fig. 5 (-1.2, 1.2);
-# MNIST / Fashion-MNIST / Chairs Figs. 8-10 (-2, 2). `--traversal-range` overrides.
+# Traversal ranges of the papers' figures (dSprites Figs. 3, 5; MNIST / Fashion-MNIST / Chairs Figs. 8-10).
 TRAVERSAL_RANGES = {"dsprites": [(1.5, "Fig. 3"), (1.2, "Fig. 5")], "shapes": [(1.5, "Fig. 3"), (1.2, "Fig. 5")]}
 DEFAULT_TRAVERSAL = [(2.0, "Figs. 8-10")]
 
 
-@torch.no_grad()
 def encode_dataset(model, ds, indices, device, batch_size=512, discrete=True):
     """Posterior parameters of every indexed image: mu, logvar (N, D), and the test-time
-    d(x) = argmax_k log p(x | mu, e_k) (N,) (None when `discrete` is False).
-
-    d(x) costs S decoder passes per image (the encoder alone infers nothing discrete):
-    on a CPU, evaluating all 737,280 dSprites images takes long; use --eval-samples.
-    """
+    d(x) = argmax_k log p(x | mu, e_k) (N,), S decoder passes per image (None when
+    `discrete` is False: the encoder alone infers nothing discrete)."""
     model.eval()
-    mus, logvars, ds_ = [], [], []
-    # The S-fold decode makes a batch S times larger; keep the decoded block near batch_size.
-    chunk = max(1, batch_size // max(model.disc, 1)) if discrete and model.disc else batch_size
-    for i in range(0, len(indices), chunk):
-        x = ds.batch(indices[i:i + chunk]).to(device)    # (B, C, H, W)
+    discrete = bool(discrete and model.disc)
+
+    def encode(x):                                        # x (B, C, H, W) -> mu, logvar (B, D)[, d (B,)]
         mu, _, logvar = model.encode(x)
-        mus.append(mu.cpu())
-        logvars.append(logvar.cpu())
-        if discrete and model.disc:
-            ds_.append(model.infer_discrete(x, mu)[0].cpu())  # (B,)
-    mu = torch.cat(mus)                                   # (N, D)
-    logvar = torch.cat(logvars)                           # (N, D)
-    return mu, logvar, (torch.cat(ds_) if ds_ else None)  # d: (N,) or None
+        return (mu, logvar) + ((model.infer_discrete(x, mu)[0],) if discrete else ())
+
+    # The S-fold decode makes a batch S times larger; keep the decoded block near batch_size.
+    parts = metrics.encode_batches(encode, ds, indices, device, max(1, batch_size // model.disc) if discrete
+                                   else batch_size)
+    return parts[0], parts[1], (parts[2] if discrete else None)  # (N, D), (N, D), d (N,) or None
 
 
 @torch.no_grad()
 def evaluate(model, cfg, device, step, log_path=None):
     """Encode the evaluation split (or a subset) and write metrics.json and the figures."""
-    out = cfg["out"]
-    os.makedirs(out, exist_ok=True)
-    ds = load_dataset(cfg, cfg["eval_split"])
-    indices = metrics.eval_indices(len(ds), cfg["eval_samples"], cfg["seed"])  # (N,)
-    n = len(indices)
-    t0 = time.perf_counter()
+    out, ds, indices, t0 = runs.eval_data(cfg, load_dataset)                  # indices (N,)
     use_d = discrete_trained(cfg, step)
     mu, logvar, d = encode_dataset(model, ds, indices, device, cfg["eval_batch_size"], discrete=use_d)
-    reasons = {}
+    reasons, kl_units = {}, metrics.kl_per_unit(mu, logvar)        # kl_units (D,) nats
     res = dict(method="cascadevae", objective=objective_name(cfg), dataset=cfg["dataset"],
-               eval_split=cfg["eval_split"], n_eval=n, step=step)
-    kl_units = metrics.kl_per_unit(mu, logvar)                      # (D,) nats
-    res["kl_per_unit"] = [float(v) for v in kl_units]
-    res["kl_cont_total"] = float(np.sum(kl_units))
-    res["recon_eval"] = _eval_recon(model, ds, indices[:min(n, 2048)], device, cfg["eval_batch_size"], use_d)
+               eval_split=cfg["eval_split"], n_eval=len(indices), step=step,
+               kl_per_unit=[float(v) for v in kl_units], kl_cont_total=float(np.sum(kl_units)))
+    # Bernoulli NLL of x given (mu(x), e_{d(x)}) (or (mu, 0)), nats per image summed over pixels
+    res["recon_eval"] = float(metrics.bernoulli_nll(
+        lambda x, i: model.decode(model.latent(*_code(model, x, use_d))), ds, indices[:2048], device,
+        max(1, cfg["eval_batch_size"] // max(model.disc, 1))).mean())
     if use_d:
-        counts = torch.bincount(d, minlength=model.disc)            # (S,)
-        res["discrete_counts"] = [int(c) for c in counts]
-        q = counts.double() / n
-        res["h_d_eval"] = float(-torch.special.xlogy(q, q).sum()) + 0.0  # I(x; d) = H(d), d a function of x
+        counts = torch.bincount(d, minlength=model.disc)              # (S,)
+        q = counts.double() / len(d)
+        res.update(discrete_counts=counts.tolist(), h_d_eval=float(-torch.special.xlogy(q, q).sum()) + 0.0)  # = I(x; d)
     no_d_reason = ("no discrete variable (--no-discrete)" if cfg["no_discrete"] else
-                   f"the alternating step never ran (step {step} <= t_d {cfg['t_d']}): "
-                   "the model is CascadeVAE-C (sec. 6)")
-
+                   f"the alternating step never ran (step {step} <= t_d {cfg['t_d']}): the model is CascadeVAE-C (sec. 6)")
     labels = ds.labels[indices] if ds.labels is not None else None  # (N,)
-    if labels is not None and use_d:
-        res["accuracy_hungarian"] = metrics.cluster_accuracy(d, labels, mapping="hungarian")
-        res["accuracy_majority"] = metrics.cluster_accuracy(d, labels, mapping="majority")
+    res.update(metrics.accuracy_scores(d, labels, reasons, no_d_reason))  # Tables 2-4
+    if res["accuracy_hungarian"] is not None:
         viz.save_confusion(d, labels, model.disc, data.CLASS_NAMES[cfg["dataset"]], os.path.join(out, "confusion.png"),
                            "d(x) = argmax_k log p(x|mu, e_k)", "discrete code vs class (Tables 2-4)")
-    else:
-        for key in ("accuracy_hungarian", "accuracy_majority"):
-            res[key] = None
-            reasons[key] = "no labels" if labels is None else no_d_reason
 
     def encode(idx):  # FactorVAE vote images: (mu, d(x)) in large no-grad batches
-        v_mu, _, v_d = encode_dataset(model, ds, idx, device, 4 * cfg["eval_batch_size"], use_d)
-        return v_mu, v_d
+        return encode_dataset(model, ds, idx, device, 4 * cfg["eval_batch_size"], use_d)[::2]
 
-    scores, _ = metrics.factor_scores(ds, indices, mu, logvar, kl_units, encode, cfg["metric_votes"],
-                                      cfg["seed"], reasons, discrete_codes=d)
-    res.update(scores)
-    res["null_reasons"] = reasons
-    res["eval_seconds"] = round(time.perf_counter() - t0, 2)
+    scores, mig_all = metrics.factor_scores(ds, indices, mu, logvar, kl_units, encode, cfg["metric_votes"],
+                                            cfg["seed"], reasons, discrete_codes=d)
+    res.update(scores, null_reasons=reasons, eval_seconds=round(time.perf_counter() - t0, 2))
     # The discrete value most images are assigned to: the continuous traversals hold d there.
     typical = int(torch.bincount(d).argmax()) if use_d else None
     save_figures(model, cfg, ds, indices, kl_units, typical, device, use_d, log_path)
+    viz.save_factor_figures(out, mig_all, mu, ds, indices, data.SHAPE_NAMES if metrics.is_dsprites_grid(ds) else None)
     runs.write_json(os.path.join(out, "metrics.json"), res)
     return res
 
 
-def _eval_recon(model, ds, indices, device, batch_size, use_d):
-    """Bernoulli NLL of x given (mu(x), e_{d(x)}) (or (mu, 0)), nats per image summed over pixels."""
-    total = 0.0
-    chunk = max(1, batch_size // max(model.disc, 1))
-    for i in range(0, len(indices), chunk):
-        x = ds.batch(indices[i:i + chunk]).to(device)    # (B, C, H, W)
-        mu, _, _ = model.encode(x)
-        d = model.infer_discrete(x, mu)[0] if use_d else None  # (B,)
-        logits = model.decode(model.latent(mu, d))
-        total += float(F.binary_cross_entropy_with_logits(logits, x, reduction="sum"))
-    return total / max(len(indices), 1)
+def _code(model, x, use_d):
+    """The test-time code of x (B, C, H, W): mu(x) (B, D) and d(x) (B,) (None without d)."""
+    mu, _, _ = model.encode(x)
+    return mu, (model.infer_discrete(x, mu)[0] if use_d else None)
 
 
 def save_figures(model, cfg, ds, indices, kl_units, typical, device, use_d, log_path=None):
-    """Reconstructions, samples per discrete value, traversals ranked by KL with the
-    discrete row last (Figs. 3, 5 on dSprites; 8-10), the discrete traversal (Figs. 3
-    right, 7, 8b) and the KL bounds on I(x; z_j) and the batch's H(d) during training
-    (Figs. 5, 9, 11), with Lemma 1's bound."""
-    out = cfg["out"]
+    """Reconstructions, samples per discrete value, traversals ranked by KL with the discrete
+    row last (Figs. 3, 5 on dSprites; 8-10), the discrete traversal (Figs. 3 right, 7, 8b), and
+    the KL bounds on I(x; z_j) and the batch's H(d) during training (Figs. 5, 9, 11; Lemma 1)."""
+    out, m, s, n_cols = cfg["out"], cfg["cont"], model.disc, 10
     model.eval()
     decode = lambda latent: torch.sigmoid(model.decode(latent.to(device))).cpu()  # noqa: E731
     x = ds.batch(indices[:8]).to(device)                                            # (8, C, H, W)
-    mu, _, _ = model.encode(x)
-    d = model.infer_discrete(x, mu)[0] if use_d else None
-    viz.save_reconstructions(x, torch.sigmoid(model.decode(model.latent(mu, d))),
+    viz.save_reconstructions(x, torch.sigmoid(model.decode(model.latent(*_code(model, x, use_d)))),
                              os.path.join(out, "reconstructions.png"),
                              title="top: data, bottom: reconstruction from (mu, d(x))")
-    m, s, n_cols = cfg["cont"], model.disc, 10
     eye = torch.eye(s)                                                              # (S, S) e_1..e_S
-    base_d = eye[typical] if use_d else torch.zeros(s)                              # (S,)
-    g = torch.Generator().manual_seed(cfg["seed"])
-    if use_d:
-        # Each row fixes d = e_k; z ~ p(z) = N(0, I), the same z down each column.
-        z = torch.randn(n_cols, m, generator=g)                                     # (cols, D)
-        lat = torch.stack([torch.cat([z, eye[k].expand(n_cols, -1)], dim=1) for k in range(s)])  # (S, cols, D+S)
-        viz.save_traversal(decode, lat, os.path.join(out, "samples_per_discrete.png"),
-                           row_labels=[f"d={k}" for k in range(s)], title="samples, discrete value fixed per row")
     ranges = ([(cfg["traversal_range"], "--traversal-range")] if cfg.get("traversal_range")
               else TRAVERSAL_RANGES.get(cfg["dataset"], DEFAULT_TRAVERSAL))
     for i, (span, fig) in enumerate(ranges):
-        values = torch.linspace(-span, span, n_cols)                                # (cols,)
-        # Rows: every continuous dim ranked by KL, the others 0; last row: d cycling
-        # through e_1..e_S with period S at z = 0 (Fig. 10).
-        rows, labels = viz.unit_traversals(values, kl_units, base_d)                # (D, cols, D+S)
+        # Rows: each dim ranked by KL, the others 0, d its most common value; last: d cycling (Fig. 10).
+        rows, labels = viz.unit_traversals(torch.linspace(-span, span, n_cols), kl_units,
+                                           eye[typical] if use_d else torch.zeros(s))  # (D, cols, D+S)
         if use_d:
             cyc = torch.cat([torch.zeros(n_cols, m), eye[torch.arange(n_cols) % s]], dim=1)  # (cols, D+S)
             rows, labels = torch.cat([rows, cyc[None]]), labels + [f"d: e_1..e_{s} (period {s})"]
@@ -840,57 +655,39 @@ def save_figures(model, cfg, ds, indices, kl_units, typical, device, use_d, log_
                            row_labels=labels, title=f"traversals in (-{span:g}, {span:g}) ranked by KL ({fig}); "
                                                     + ("last row: discrete" if use_d else "no discrete variable"))
     if use_d:
-        # Figs. 3 right, 7, 8b: rows = discrete values, columns = the most informative unit traversed.
-        top, span = int(np.argmax(kl_units)), ranges[0][0]
-        rows = []
-        for k in range(s):
-            z = torch.zeros(n_cols, m)
-            z[:, top] = torch.linspace(-span, span, n_cols)
-            rows.append(torch.cat([z, eye[k].expand(n_cols, -1)], dim=1))
-        viz.save_traversal(decode, torch.stack(rows), os.path.join(out, "traversal_discrete.png"),
-                           row_labels=[f"d={k}" for k in range(s)],
-                           title=f"discrete value per row x z{top} (most informative) traversed (Figs. 3, 7)")
+        # Rows fix d = e_k: z ~ p(z) = N(0, I); and (Figs. 3 right, 7, 8b) the most informative unit traversed.
+        top, span, g = int(np.argmax(kl_units)), ranges[0][0], torch.Generator().manual_seed(cfg["seed"])
+        viz.save_code_figures(decode, out, torch.randn(n_cols, m, generator=g), torch.linspace(-span, span, n_cols), top,
+                              eye, [f"d={k}" for k in range(s)], ("samples, discrete value fixed per row",
+                              f"discrete value per row x z{top} (most informative) traversed (Figs. 3, 7)"))
     log = viz.save_log_figures(log_path, out, "KL(q(z_j|x)||p(z_j)), an upper bound of I(x; z_j) (Figs. 5, 9, 11)")
     if log is not None and s:
         # The batch's q(d): its entropy (an estimate of H(d), not I(x; d)) and Lemma 1.
         viz.plot_curves({"H(q(d)) of the batch": log["h_d"], "KL(q(d)||p(d))": log["kl_d"],
                          "Lemma 1 bound S E[1(d=d')] - 1": log["lemma1_bound"]},
-                        os.path.join(out, "discrete_during_training.png"), x=log["step"],
-                        ylabel="nats, batch", hlines={"log S": math.log(s)},
-                        title="discrete variable during training (Figs. 5, 9; Lemma 1)")
+                        os.path.join(out, "discrete_during_training.png"), x=log["step"], ylabel="nats, batch",
+                        hlines={"log S": math.log(s)}, title="discrete variable during training (Figs. 5, 9; Lemma 1)")
 
 
 # ---------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------
 
+def load_model(cfg, device):
+    """--eval-only: the checkpoint's model and step; the architecture and the schedule that
+    decides whether d was trained come from the run (runs before --net: Dupont's encoder)."""
+    keys = ("cont", "disc", "no_discrete", "t_d", "no_cascade", "beta", "beta_h", "beta_l", "r", "schedule", "lam",
+            "iterations", "net")
+    ckpt, path, step = runs.load_for_eval(cfg, "cascadevae", keys, legacy=dict(net="dupont"))
+    print(f"latent sizes from the checkpoint: --cont {cfg['cont']} "
+          + ("--no-discrete" if cfg["no_discrete"] else f"--disc {cfg['disc']}") + f", step {step}")
+    model = build_model(cfg, load_dataset(cfg, cfg["eval_split"]).image_size, device)
+    runs.load_state_dict(model, ckpt["model"], path)
+    return model, step
+
+
 def run(cfg, argv=()):
-    device = nets.to_device(cfg["device"])
-    print("config:\n" + runs.format_config(cfg))
-    if cfg["eval_only"]:
-        path = runs.checkpoint_path(cfg["checkpoint"])
-        ckpt = runs.load_checkpoint(path, "cascadevae")
-        # The architecture and the schedule that decides whether d was trained come from the run.
-        stored = dict(ckpt["config"])
-        stored.setdefault("net", "dupont")  # runs from before --net used Dupont's 32x32 encoder
-        for key in ("cont", "disc", "no_discrete", "t_d", "no_cascade", "beta", "beta_h", "beta_l", "r",
-                    "schedule", "lam", "iterations", "net"):
-            cfg[key] = stored[key]
-        step = int(ckpt["step"])
-        print(f"latent sizes from the checkpoint: --cont {cfg['cont']} "
-              + ("--no-discrete" if cfg["no_discrete"] else f"--disc {cfg['disc']}") + f", step {step}")
-        runs.open_eval_folder(cfg)
-        ds_probe = load_dataset(cfg, cfg["eval_split"])
-        model = build_model(cfg, ds_probe.image_size, device)
-        runs.load_state_dict(model, ckpt["model"], path)
-        res = evaluate(model, cfg, device, step)
-    else:
-        model, step, cfg, finished = train(cfg, device, argv)
-        if cfg["no_eval"] or not finished:
-            return None
-        res = evaluate(model, cfg, device, step, log_path=os.path.join(cfg["out"], "log.csv"))
-    runs.print_summary(res)
-    return res
+    return runs.run(cfg, argv, train, evaluate, load_model)
 
 
 def main(argv=None):

@@ -745,6 +745,32 @@ def load_dataset(name, split="train", data_dir="data", download=True, channels=1
     return _load_image_folder(split, data_dir, channels)
 
 
+# How each --dataset of the three scripts maps onto load_dataset, and its default splits:
+# MNIST-like sets train on "train" and report on "test"; factor grids and image folders
+# are one set. Each script offers the subset its paper uses (`sources`).
+SOURCES = {
+    "mnist": dict(name="mnist", channels=1, train_split="train", eval_split="test"),
+    "fashion-mnist": dict(name="fashion-mnist", channels=1, train_split="train", eval_split="test"),
+    "dsprites": dict(name="dsprites", channels=1, train_split="train", eval_split="train"),
+    "shapes": dict(name="shapes", channels=1, train_split="train", eval_split="train"),
+    "faces": dict(name="images", channels=1, train_split="train", eval_split="train"),
+    "chairs": dict(name="images", channels=1, train_split="train", eval_split="train"),
+    "celeba": dict(name="images", channels=3, train_split="train", eval_split="train"),
+}
+
+
+def sources(*names):
+    """The SOURCES entries of the --dataset values a script offers."""
+    return {name: SOURCES[name] for name in names}
+
+
+def load_for(cfg, split):
+    """The data set of a script's config (cfg["dataset"], "data_dir", "download") and split."""
+    source = SOURCES[cfg["dataset"]]
+    return load_dataset(source["name"], split=split, data_dir=cfg["data_dir"], download=cfg["download"],
+                        channels=source["channels"])
+
+
 def _epoch_generator(seed, epoch):
     """A torch.Generator seeded from (seed, epoch) alone.
 

@@ -60,11 +60,8 @@ NOTE: why C_c must rise slowly. KL(q(c|x)||Uniform(K)) = log K - H(q(c|x)) is me
     accuracy (benchmarks/reproduce.py). Not the mean-image collapse of Dupont's Fig. 6.
 """
 
-import argparse
-import json
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -123,26 +120,13 @@ PRESETS = {
 }
 PRESETS["shapes"] = dict(PRESETS["dsprites"])  # procedural dSprites: the dSprites preset
 
-# How each --dataset maps onto data.load_dataset, and the default splits: the
-# paper reports MNIST accuracy on test data (sec. 4.3); factor data sets are one grid.
-DATA_SOURCES = {
-    "mnist": dict(name="mnist", channels=1, train_split="train", eval_split="test"),
-    "fashion-mnist": dict(name="fashion-mnist", channels=1, train_split="train", eval_split="test"),
-    "dsprites": dict(name="dsprites", channels=1, train_split="train", eval_split="train"),
-    "shapes": dict(name="shapes", channels=1, train_split="train", eval_split="train"),
-    "chairs": dict(name="images", channels=1, train_split="train", eval_split="train"),
-    "celeba": dict(name="images", channels=3, train_split="train", eval_split="train"),
-}
+# The paper reports MNIST accuracy on test data (sec. 4.3); factor data sets are one grid.
+DATA_SOURCES = data.sources("mnist", "fashion-mnist", "dsprites", "shapes", "chairs", "celeba")
 
 DEFAULTS = dict(
-    dataset="mnist", data_dir="data", download=True, train_split=None, eval_split=None,
-    cont=10, disc=[10], temperature=0.67, gamma=30.0, c_cont=[0.0, 5.0, 25000],
-    c_disc=[0.0, 5.0, 25000], beta=None, lr=5e-4, batch_size=64, epochs=100,
-    iterations=None, seed=0, device="auto", out=None, log_every=100, save_every=5000,
-    eval_samples=None, eval_batch_size=512, metric_votes=800, eval_only=False,
-    checkpoint=None, resume=None, no_eval=False, no_progress=False,
-    time_budget=None, overwrite=False, force_resume=False,
-    pretrained=False, weights_dir=None,
+    dataset="mnist", cont=10, disc=[10], temperature=0.67, gamma=30.0, c_cont=[0.0, 5.0, 25000],
+    c_disc=[0.0, 5.0, 25000], beta=None, lr=5e-4, batch_size=64, epochs=100, iterations=None, save_every=5000,
+    **runs.RUN_DEFAULTS,
 )
 
 
@@ -152,12 +136,8 @@ PRESET_SOURCES = {"mnist": "App. C.1", "fashion-mnist": "App. C.2", "chairs": "A
 
 
 def build_parser(dataset="mnist"):
-    p = argparse.ArgumentParser(
-        prog="jointvae.py",
-        description="JointVAE (Dupont 2018): train, evaluate, or load the author's weights. "
-                    f"Defaults shown are the App. C preset for --dataset {dataset}; flags override.",
-        argument_default=argparse.SUPPRESS,  # so we know which flags the user set
-    )
+    p = runs.parser("jointvae.py", "JointVAE (Dupont 2018): train, evaluate, or load the author's weights. "
+                    f"Defaults shown are the App. C preset for --dataset {dataset}; flags override.")
     p.add_argument("--dataset", choices=sorted(DATA_SOURCES), help="selects data and App. C preset (default mnist)")
     p.add_argument("--cont", type=int, help="number of continuous latent units D")
     p.add_argument("--disc", type=int, nargs="*", help="categories of each discrete variable, e.g. 10 or 2 2 2; empty = none")
@@ -170,10 +150,8 @@ def build_parser(dataset="mnist"):
     p.add_argument("--batch-size", type=int, help="images per update")
     p.add_argument("--epochs", type=float, help="training length in epochs (paper's unit)")
     p.add_argument("--iterations", type=int, help="training length in updates (overrides --epochs)")
-    runs.add_run_flags(p, "jointvae", "data folder (torchvision layout), or the image folder for chairs/celeba")
-    if dataset in PRESETS:  # an unknown --dataset is reported by the parser itself
-        runs.show_defaults(p, DEFAULTS, PRESETS[dataset], lambda key: PRESET_SOURCES[dataset])
-    return p
+    return runs.finish_parser(p, "jointvae", "data folder (torchvision layout), or the image folder for chairs/celeba",
+                              dataset, DEFAULTS, PRESETS, lambda key: PRESET_SOURCES[dataset])
 
 
 def _normalize(cfg):
@@ -189,20 +167,9 @@ def _normalize(cfg):
 
 
 def make_config(argv=None):
-    """Merge DEFAULTS <- PRESETS[dataset] <- explicit flags; on --resume, the run's own
-    config <- the flags that only change how it goes on (runs.merge_resume)."""
-    explicit = vars(build_parser(runs.dataset_of(argv, DEFAULTS["dataset"])).parse_args(argv))
-    if "resume" in explicit:
-        cfg = runs.resume_config(explicit, "jointvae", _normalize)
-    else:
-        cfg = dict(DEFAULTS)
-        dataset = explicit.get("dataset", cfg["dataset"])
-        cfg.update(PRESETS[dataset])
-        cfg.update(explicit)
-        runs.use_pretrained(cfg, "jointvae")
-        _normalize(cfg)
-    validate_config(cfg)
-    return cfg
+    """DEFAULTS <- PRESETS[dataset] <- the flags given; on --resume, the run's own config
+    <- the flags that only change how it goes on (runs.make_config)."""
+    return runs.make_config(argv, "jointvae", build_parser, DEFAULTS, PRESETS, _normalize, validate_config)
 
 
 def validate_config(cfg):
@@ -423,19 +390,11 @@ def jointvae_loss(x, x_logits, mu, logvar, alphas, step, gamma, c_cont, c_disc, 
 # ---------------------------------------------------------------------------
 
 def load_dataset(cfg, split):
-    source = DATA_SOURCES[cfg["dataset"]]
-    return data.load_dataset(source["name"], split=split, data_dir=cfg["data_dir"],
-                             download=cfg["download"], channels=source["channels"])
+    return data.load_for(cfg, split)
 
 
 def build_model(cfg, image_size):
     return JointVAE(image_size, cfg["cont"], cfg["disc"], cfg["temperature"])
-
-
-def num_iterations(cfg, n_train):
-    if cfg["iterations"] is not None:
-        return int(cfg["iterations"])
-    return int(round(cfg["epochs"] * (n_train // cfg["batch_size"])))
 
 
 def log_columns(cfg):
@@ -447,12 +406,7 @@ def log_columns(cfg):
 def train(cfg, device, argv=()):
     """Iteration-based training of eq. 7 (or a baseline), until done or --time-budget;
     returns the model, the step reached, the run's config and whether training is finished."""
-    out = cfg["out"]
-    runs.check_out_dir(out, new_run=not cfg["resume"], overwrite=cfg["overwrite"])
-    ds = load_dataset(cfg, cfg["train_split"])
-    runs.check_batch_size(cfg, len(ds))
-    total = num_iterations(cfg, len(ds))
-    runs.seed_everything(cfg["seed"])
+    ds, total = runs.prepare_training(cfg, load_dataset)  # folder checked, data loaded, RNGs seeded
     model = nets.place(build_model(cfg, ds.image_size), device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     step, window = runs.restore(cfg, model, optimizer, "jointvae") if cfg["resume"] else (0, None)
@@ -460,11 +414,10 @@ def train(cfg, device, argv=()):
     print(f"{cfg['objective']} on {cfg['dataset']} ({len(ds)} images {ds.image_size}), "
           f"{total} iterations, {nets.count_parameters(model)} parameters, device {device}")
 
-    log = runs.TrainLog(cfg, log_columns(cfg), step, total, device, window, "jointvae", argv)
     stream = data.batches(ds, cfg["batch_size"], seed=cfg["seed"], start_step=step)
     model.train()
-    finite = torch.ones((), dtype=torch.bool, device=device)
-    try:
+    with runs.TrainLog(cfg, log_columns(cfg), step, total, device, window, "jointvae", argv,
+                       nan_hint="lower --lr or --gamma, or check the input data") as log:
         while step < total:
             _, x = next(stream)                               # (B, C, H, W) in [0, 1]
             x = x.to(device, non_blocking=True)
@@ -477,21 +430,14 @@ def train(cfg, device, argv=()):
             optimizer.step()
             # Accumulate on the device; the host reads them once per --log-every.
             log.add(torch.cat([torch.stack([terms[k].detach() for k in ("loss", "recon", "kl_cont", "kl_disc")]),
-                               terms["kl_cont_units"].detach(), terms["kl_disc_vars"].detach()]))  # (4 + D + V,)
-            finite &= torch.isfinite(terms["loss"].detach())
+                               terms["kl_cont_units"].detach(), terms["kl_disc_vars"].detach()]),
+                    terms["loss"])                                    # (4 + D + V,)
             if log.due(step):
-                if not bool(finite):
-                    raise FloatingPointError(step)
                 values, _ = log.read()
                 values = values[:4] + [terms["c_cont"], terms["c_disc"]] + values[4:]
                 log.write(step, values, x.shape[0], loss=values[0], recon=values[1], kl_z=values[2], kl_c=values[3])
-            if log.end_step(step, model, optimizer, finite):
+            if log.end_step(step, model, optimizer):
                 break
-    except FloatingPointError:
-        raise FloatingPointError(runs.nan_message(step, log.ckpt_path, cfg["save_every"],
-                                                  "lower --lr or --gamma, or check the input data")) from None
-    finally:
-        log.close()
     return model, step, cfg, log.finish(step)
 
 
@@ -499,21 +445,16 @@ def train(cfg, device, argv=()):
 # Evaluation and figures
 # ---------------------------------------------------------------------------
 
-@torch.no_grad()
 def encode_dataset(model, ds, indices, device, batch_size=512):
     """Posterior parameters of every indexed image: mu, logvar (N, D), [alpha^(i) (N, K_i)]."""
     model.eval()
-    mus, logvars, alphas = [], [], [[] for _ in model.disc]
-    for i in range(0, len(indices), batch_size):
-        x = ds.batch(indices[i:i + batch_size]).to(device)  # (B, C, H, W)
-        mu, logvar, logits = model.encode(x)
-        mus.append(mu.cpu())
-        logvars.append(logvar.cpu())
-        for j, l in enumerate(logits):
-            alphas[j].append(torch.softmax(l, dim=-1).cpu())  # (B, K_j)
-    mu = torch.cat(mus)                                   # (N, D)
-    logvar = torch.cat(logvars)                           # (N, D)
-    return mu, logvar, [torch.cat(a) for a in alphas]     # [(N, K_i)]
+
+    def encode(x):                                        # x (B, C, H, W)
+        mu, logvar, logits = model.encode(x)              # (B, D), (B, D), [(B, K_i)]
+        return (mu, logvar, *[torch.softmax(l, dim=-1) for l in logits])
+
+    mu, logvar, *alphas = metrics.encode_batches(encode, ds, indices, device, batch_size)
+    return mu, logvar, alphas                             # (N, D), (N, D), [(N, K_i)]
 
 
 def joint_code(alphas, disc):
@@ -527,39 +468,30 @@ def joint_code(alphas, disc):
 @torch.no_grad()
 def evaluate(model, cfg, device, step, log_path=None):
     """Encode the evaluation split (or a subset) and write metrics.json and the figures."""
-    out, ds = cfg["out"], load_dataset(cfg, cfg["eval_split"])
-    indices = metrics.eval_indices(len(ds), cfg["eval_samples"], cfg["seed"])  # (N,)
+    out, ds, indices, t0 = runs.eval_data(cfg, load_dataset)                  # indices (N,)
     n = len(indices)
-    t0 = time.perf_counter()
     mu, logvar, alphas = encode_dataset(model, ds, indices, device, cfg["eval_batch_size"])
-    reasons = {}
+    reasons, kl_units = {}, metrics.kl_per_unit(mu, logvar) if cfg["cont"] else np.zeros(0)  # (D,) nats
     res = dict(method="jointvae", objective=objective_name(cfg), dataset=cfg["dataset"],
-               eval_split=cfg["eval_split"], n_eval=n, step=step, device=str(device))
-    kl_units = metrics.kl_per_unit(mu, logvar) if cfg["cont"] else np.zeros(0)  # (D,) nats
-    res.update(kl_per_unit=[float(v) for v in kl_units], kl_cont_total=float(np.sum(kl_units)),
-               kl_disc_per_var=[float(kl_categorical_uniform(a).mean()) for a in alphas],
-               recon_eval=_eval_recon(model, ds, indices[:min(n, 2048)], device, cfg["eval_batch_size"]))
-
-    labels = ds.labels[indices] if ds.labels is not None else None  # (N,)
-    if labels is not None and alphas:
-        pred = joint_code(alphas, cfg["disc"])                          # (N,)
-        res.update(accuracy_hungarian=metrics.cluster_accuracy(pred, labels, mapping="hungarian"),
-                   accuracy_majority=metrics.cluster_accuracy(pred, labels, mapping="majority"))
-        viz.save_confusion(pred, labels, int(np.prod(cfg["disc"])), data.CLASS_NAMES[cfg["dataset"]],
-                           os.path.join(out, "confusion.png"), "argmax q(c|x)", "discrete code vs class (sec. 4.3)")
-    else:
-        for key in ("accuracy_hungarian", "accuracy_majority"):
-            res[key] = None
-            reasons[key] = "no labels" if labels is None else "no discrete latent (--disc is empty)"
-
+               eval_split=cfg["eval_split"], n_eval=n, step=step, device=str(device),
+               kl_per_unit=[float(v) for v in kl_units], kl_cont_total=float(np.sum(kl_units)),
+               kl_disc_per_var=[float(kl_categorical_uniform(a).mean()) for a in alphas])
+    # nats per image, summed over pixels; z = mu, c = its most likely value (eval mode)
+    res["recon_eval"] = float(metrics.bernoulli_nll(lambda x, i: model(x)["x_logits"], ds, indices[:2048], device,
+                                                    cfg["eval_batch_size"]).mean())
     disc_codes = torch.stack([a.argmax(dim=1) for a in alphas], dim=1) if alphas else None  # (N, V)
     code = joint_code(alphas, cfg["disc"]) if alphas else None                # (N,) the joint code
+    labels = ds.labels[indices] if ds.labels is not None else None          # (N,)
+    res.update(metrics.accuracy_scores(code, labels, reasons, "no discrete latent (--disc is empty)"))  # sec. 4.3
+    if res["accuracy_hungarian"] is not None:
+        viz.save_confusion(code, labels, int(np.prod(cfg["disc"])), data.CLASS_NAMES[cfg["dataset"]],
+                           os.path.join(out, "confusion.png"), "argmax q(c|x)", "discrete code vs class (sec. 4.3)")
 
     def encode(idx):  # FactorVAE vote images: (mu, joint code of c) in large no-grad batches
         v_mu, _, v_alphas = encode_dataset(model, ds, idx, device, 4 * cfg["eval_batch_size"])
         return v_mu, joint_code(v_alphas, cfg["disc"]) if v_alphas else None
 
-    scores, _ = metrics.factor_scores(
+    scores, mig_all = metrics.factor_scores(
         ds, indices, mu if cfg["cont"] else torch.zeros(n, 0), logvar if cfg["cont"] else None,
         kl_units if cfg["cont"] else None, encode, cfg["metric_votes"], cfg["seed"], reasons,
         discrete_codes=code, mig_discrete=disc_codes)
@@ -567,17 +499,9 @@ def evaluate(model, cfg, device, step, log_path=None):
     # The discrete value most images are assigned to: the continuous traversals hold c there.
     typical = int(torch.bincount(code).argmax()) if alphas else 0
     save_figures(model, cfg, ds, indices, kl_units, typical, device, log_path)
+    viz.save_factor_figures(out, mig_all, mu, ds, indices, data.SHAPE_NAMES if metrics.is_dsprites_grid(ds) else None)
     runs.write_json(os.path.join(out, "metrics.json"), res)
     return res
-
-
-def _eval_recon(model, ds, indices, device, batch_size):
-    total = 0.0
-    for i in range(0, len(indices), batch_size):
-        x = ds.batch(indices[i:i + batch_size]).to(device)
-        logits = model(x)["x_logits"]
-        total += float(F.binary_cross_entropy_with_logits(logits, x, reduction="sum"))
-    return total / max(len(indices), 1)  # nats per image, summed over pixels
 
 
 def save_figures(model, cfg, ds, indices, kl_units, typical, device, log_path=None):
@@ -594,15 +518,15 @@ def save_figures(model, cfg, ds, indices, kl_units, typical, device, log_path=No
     all_configs = _disc_configs(disc)                                               # (prod K, Ktot)
     configs = all_configs[:20]                                                      # rows: discrete values
     fig4 = "Fig. 4b" if cfg["dataset"] == "fashion-mnist" else "Fig. 4a"
-    if disc:
-        # Fig. 4a/b: each row fixes the discrete code, z ~ p(z) = N(0, I) across the row.
-        z = torch.randn(n_cols, d, generator=g)                                     # (cols, D)
-        lat = torch.stack([torch.cat([z, c.expand(n_cols, -1)], dim=1) for c in configs])  # (rows, cols, D+Ktot)
-        viz.save_traversal(decode, lat, os.path.join(out, "samples_per_discrete.png"),
-                           row_labels=[f"c={i}" for i in range(len(configs))],
-                           title=f"samples, discrete code fixed per row ({fig4})")
     # App. G: traversal values Phi^-1(0.05) .. Phi^-1(0.95), rows ranked by KL (Fig. 7b).
     ppf = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n_cols))  # (cols,)
+    if disc:
+        # Rows fix the discrete code: Fig. 4a/b with z ~ p(z) = N(0, I) across the row; Fig. 4c
+        # with the most informative unit traversed.
+        viz.save_code_figures(decode, out, torch.randn(n_cols, d, generator=g), ppf,
+                              int(np.argmax(kl_units)) if d else 0, configs, [f"c={i}" for i in range(len(configs))],
+                              (f"samples, discrete code fixed per row ({fig4})",
+                               "discrete value per row x most informative unit (Fig. 4c)"))
     if d:
         rows, labels = viz.unit_traversals(ppf, kl_units, all_configs[typical])    # (D, cols, D+Ktot)
         viz.save_traversal(decode, rows, os.path.join(out, "traversals.png"), row_labels=labels,
@@ -619,17 +543,6 @@ def save_figures(model, cfg, ds, indices, kl_units, typical, device, log_path=No
                 labels.append(f"z{j}, setting {r + 1}")
         viz.save_traversal(decode, torch.stack(blocks), os.path.join(out, "traversals_fig2.png"),
                            row_labels=labels, title="one unit varied per block, rows: random settings (Fig. 2)")
-    if disc:
-        # Fig. 4c: rows = discrete values, columns = the most informative unit traversed.
-        rows = []
-        for c in configs:
-            z = torch.zeros(n_cols, d)
-            if d:
-                z[:, int(np.argmax(kl_units))] = ppf
-            rows.append(torch.cat([z, c.expand(n_cols, -1)], dim=1))
-        viz.save_traversal(decode, torch.stack(rows), os.path.join(out, "traversal_discrete.png"),
-                           row_labels=[f"c={i}" for i in range(len(configs))],
-                           title="discrete value per row x most informative unit (Fig. 4c)")
     viz.save_log_figures(log_path, out, "KL per unit during training (Fig. 7a)",
                          hlines={"C_c clip sum log K": sum(math.log(k) for k in disc)} if disc else None)
 
@@ -652,41 +565,34 @@ def _disc_configs(disc):
 # main
 # ---------------------------------------------------------------------------
 
-def run(cfg, argv=()):
-    device = nets.to_device(cfg["device"])
-    print("config:\n" + runs.format_config(cfg))
-    if cfg["eval_only"]:
-        path = runs.checkpoint_path(cfg["checkpoint"])
-        ckpt = runs.load_checkpoint(path)
-        if isinstance(ckpt, dict) and "img_to_features.0.weight" in ckpt:
-            # The author's state_dict: read the latent sizes off the head shapes.
-            cfg["cont"] = int(ckpt["fc_mean.weight"].shape[0]) if "fc_mean.weight" in ckpt else 0
-            cfg["disc"] = [int(ckpt[f"fc_alphas.{i}.weight"].shape[0])
-                           for i in range(sum(1 for k in ckpt if k.startswith("fc_alphas.") and k.endswith(".weight")))]
-            state, step = None, None
-        else:
-            runs.check_training_checkpoint(ckpt, path, "jointvae")
-            # Our checkpoint: the architecture comes from the run that wrote it.
-            for key in ("cont", "disc", "temperature"):
-                cfg[key] = ckpt["config"][key]
-            state, step = ckpt["model"], int(ckpt["step"])
-        print(f"latent sizes from the checkpoint: --cont {cfg['cont']} --disc {' '.join(map(str, cfg['disc']))}")
-        runs.open_eval_folder(cfg)
-        ds_probe = load_dataset(cfg, cfg["eval_split"])
-        model = build_model(cfg, ds_probe.image_size)
-        if state is None:
-            load_official_weights(model, ckpt)
-        else:
-            runs.load_state_dict(model, state, path)
-        model = nets.place(model, device)
-        res = evaluate(model, cfg, device, step)
+def load_model(cfg, device):
+    """--eval-only: the model of the checkpoint, ours or the author's state_dict, and its step."""
+    path = runs.checkpoint_path(cfg["checkpoint"])
+    ckpt = runs.load_checkpoint(path)
+    if isinstance(ckpt, dict) and "img_to_features.0.weight" in ckpt:
+        # The author's state_dict: read the latent sizes off the head shapes.
+        cfg["cont"] = int(ckpt["fc_mean.weight"].shape[0]) if "fc_mean.weight" in ckpt else 0
+        cfg["disc"] = [int(ckpt[f"fc_alphas.{i}.weight"].shape[0])
+                       for i in range(sum(1 for k in ckpt if k.startswith("fc_alphas.") and k.endswith(".weight")))]
+        state, step = None, None
     else:
-        model, step, cfg, finished = train(cfg, device, argv)
-        if cfg["no_eval"] or not finished:
-            return None
-        res = evaluate(model, cfg, device, step, log_path=os.path.join(cfg["out"], "log.csv"))
-    runs.print_summary(res)
-    return res
+        runs.check_training_checkpoint(ckpt, path, "jointvae")
+        # Our checkpoint: the architecture comes from the run that wrote it.
+        for key in ("cont", "disc", "temperature"):
+            cfg[key] = ckpt["config"][key]
+        state, step = ckpt["model"], int(ckpt["step"])
+    print(f"latent sizes from the checkpoint: --cont {cfg['cont']} --disc {' '.join(map(str, cfg['disc']))}")
+    runs.open_eval_folder(cfg)
+    model = build_model(cfg, load_dataset(cfg, cfg["eval_split"]).image_size)
+    if state is None:
+        load_official_weights(model, ckpt)
+    else:
+        runs.load_state_dict(model, state, path)
+    return nets.place(model, device), step
+
+
+def run(cfg, argv=()):
+    return runs.run(cfg, argv, train, evaluate, load_model)
 
 
 def main(argv=None):

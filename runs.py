@@ -51,6 +51,15 @@ CONTINUE_KEYS = frozenset({
 PER_INVOCATION = frozenset({"time_budget", "overwrite", "force_resume", "resume", "checkpoint", "eval_only",
                             "pretrained", "weights_dir"})
 
+# The defaults of the flags add_run_flags defines (a script's DEFAULTS add its own, and
+# save_every, whose default depends on the run's length).
+RUN_DEFAULTS = dict(
+    data_dir="data", download=True, train_split=None, eval_split=None, seed=0, device="auto", out=None,
+    log_every=100, eval_samples=None, eval_batch_size=512, metric_votes=800, eval_only=False, checkpoint=None,
+    resume=None, no_eval=False, no_progress=False, time_budget=None, overwrite=False, force_resume=False,
+    pretrained=False, weights_dir=None,
+)
+
 
 class RunError(RuntimeError):
     """A problem with a run folder or checkpoint, said in one sentence."""
@@ -288,6 +297,25 @@ def read_log_rows(path):
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
 
 
+def prepare_training(cfg, load_dataset):
+    """What comes before a training run's model: its folder checked (a new run never
+    overwrites one), the training split loaded, the batch size checked against it and
+    every RNG seeded. -> (data set, the run's length in updates)."""
+    check_out_dir(cfg["out"], new_run=not cfg["resume"], overwrite=cfg["overwrite"])
+    ds = load_dataset(cfg, cfg["train_split"])
+    check_batch_size(cfg, len(ds))
+    seed_everything(cfg["seed"])
+    return ds, num_iterations(cfg, len(ds))
+
+
+def num_iterations(cfg, n_train):
+    """The run's length in updates: --iterations, else epochs * floor(N / B) (the partial
+    last batch of an epoch is dropped, see data.batches)."""
+    if cfg.get("iterations") is not None:
+        return int(cfg["iterations"])
+    return int(round(cfg["epochs"] * (n_train // cfg["batch_size"])))
+
+
 def check_batch_size(cfg, n_train):
     if cfg["batch_size"] > n_train:
         raise ValueError(f"--batch-size {cfg['batch_size']} exceeds the {n_train} training images.")
@@ -385,6 +413,21 @@ def format_config(cfg):
     return "\n".join(f"  {k:<{width}}  {json.dumps(v) if not isinstance(v, str) else v}" for k, v in cfg.items())
 
 
+def parser(prog, description):
+    """A script's argument parser. Unset flags stay absent (SUPPRESS), so make_config knows
+    which flags the user gave."""
+    return argparse.ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+
+
+def finish_parser(p, method, data_help, dataset, defaults, presets, source):
+    """Add the flags every script has, and (for a known --dataset; the parser reports an
+    unknown one) show each flag's preset value and `source(key)` in --help."""
+    add_run_flags(p, method, data_help)
+    if dataset in presets:
+        show_defaults(p, defaults, presets[dataset], source)
+    return p
+
+
 def add_run_flags(p, method, data_help):
     """The flags every script has: where the data is, the run folder, logging, evaluation,
     resuming. The method's own flags (latents, objective, optimiser, length) stay in its file."""
@@ -468,6 +511,11 @@ def validate_run_flags(cfg, finite_keys):
         (cfg["eval_only"] and not cfg.get("checkpoint"),
          "--eval-only needs --checkpoint PATH (a checkpoint of this script or its run folder)."),
     )
+    first_error(*checks)
+
+
+def first_error(*checks):
+    """Raise ValueError(message) for the first (bad, message) pair whose `bad` is true."""
     for bad, message in checks:
         if bad:
             raise ValueError(message)
@@ -485,6 +533,41 @@ def check_finite_flags(cfg, keys):
 # ---------------------------------------------------------------------------
 # The steps every script's make_config and train() share
 # ---------------------------------------------------------------------------
+
+def make_config(argv, method, build_parser, defaults, presets, normalize, validate, legacy=None,
+                check_flags=None, variant=None):
+    """A script's config: DEFAULTS <- PRESETS[dataset] <- the flags given; on --resume the
+    run's own config <- the flags that only change how it goes on (merge_resume).
+    check_flags(explicit) vets the given flags first; variant(cfg) names the released
+    weights' variant for --pretrained; normalize and validate are the script's."""
+    explicit = vars(build_parser(dataset_of(argv, defaults["dataset"])).parse_args(argv))
+    if check_flags is not None:
+        check_flags(explicit)
+    if "resume" in explicit:
+        cfg = resume_config(explicit, method, normalize, legacy)
+    else:
+        cfg = dict(defaults)
+        cfg.update(presets[explicit.get("dataset", cfg["dataset"])])
+        cfg.update(explicit)
+        use_pretrained(cfg, method, variant(cfg) if variant is not None else None)
+        normalize(cfg)
+    validate(cfg)
+    return cfg
+
+
+def load_for_eval(cfg, method, keys, legacy=None):
+    """--eval-only / --pretrained: the checkpoint of `method`, the `keys` that fix the model
+    (and the objective it was trained with) copied from the run's config into cfg, and
+    the evaluation folder opened. `legacy` fills keys older runs lack.
+    Returns (checkpoint dict, its path, its step)."""
+    path = checkpoint_path(cfg["checkpoint"])
+    ckpt = load_checkpoint(path, method)
+    stored = dict(legacy or {}, **ckpt["config"])
+    for key in keys:
+        cfg[key] = stored[key]
+    open_eval_folder(cfg)
+    return ckpt, path, int(ckpt["step"])
+
 
 def resume_config(explicit, method, normalize, legacy=None):
     """The config of `--resume DIR`: the run's own config, the flags that only change how it
@@ -576,27 +659,45 @@ class LogWindow:
 
 
 class TrainLog:
-    """The bookkeeping around a training loop: log.csv rows from a LogWindow, the progress
-    bar, the duration estimate, checkpoints every --save-every and at the end, and the
-    stop at --time-budget or on a stop signal (checkpoint first, then exit status 0)."""
+    """The bookkeeping around a training loop, used as `with TrainLog(...) as log:`: log.csv
+    rows from a LogWindow, the progress bar, the duration estimate, checkpoints every
+    --save-every and at the end, the stop at --time-budget or on a stop signal (checkpoint
+    first, then exit status 0), and a NaN or infinite loss turned into one sentence
+    (`nan_hint` says what to change) without writing a checkpoint of the broken model."""
 
-    def __init__(self, cfg, columns, step, total, device, window_state, method, argv=()):
-        self.cfg, self.total, self.method, self.argv = cfg, total, method, argv
+    def __init__(self, cfg, columns, step, total, device, window_state, method, argv=(), nan_hint="check the data"):
+        self.cfg, self.total, self.method, self.argv, self.nan_hint = cfg, total, method, argv, nan_hint
         self.ckpt_path = os.path.join(cfg["out"], "checkpoint.pt")
         self.file, self.writer = open_log(cfg["out"], columns, step, cfg.get("resume_changes"))
         self.progress = progress(total, step, cfg["no_progress"])
         self.budget = TimeBudget(cfg["time_budget"])
         self.window = LogWindow(device, window_state)
-        self.t_start, self.start_step, self.stopped = time.perf_counter(), step, False
+        self.finite = torch.ones((), dtype=torch.bool, device=device)  # every loss since the start finite
+        self.t_start, self.start_step, self.last_step, self.stopped = time.perf_counter(), step, step, False
 
-    def add(self, row, host=0.0):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close()
+        if exc_type is FloatingPointError:
+            step = exc.args[0] if exc.args and isinstance(exc.args[0], int) else self.last_step + 1
+            raise FloatingPointError(nan_message(step, self.ckpt_path, self.cfg["save_every"], self.nan_hint)) from None
+        return False
+
+    def add(self, row, loss, host=0.0):
+        """One update's logged values `row` (on the device, no host sync) and its loss."""
         self.window.add(row, host)
+        self.finite &= torch.isfinite(loss.detach())
 
     def due(self, step):
         return step % self.cfg["log_every"] == 0 or step == self.total
 
     def read(self):
-        """Mean of the window's rows (list) and of its host values; resets the window."""
+        """Mean of the window's rows (list) and of its host values; resets the window.
+        Raises FloatingPointError if a loss since the start was NaN or infinite."""
+        if not bool(self.finite):
+            raise FloatingPointError(self.last_step + 1)
         self._n = self.window.n
         values, host, self._seconds = self.window.read()
         return values, host
@@ -611,17 +712,19 @@ class TrainLog:
             print(eta_line(step, self.total, (time.perf_counter() - self.t_start) / (step - self.start_step)))
             self.start_step = None
 
-    def end_step(self, step, model, optimizer, finite):
-        """After each update: checkpoint when due; True when the loop must stop (budget/signal)."""
+    def end_step(self, step, model, optimizer):
+        """After each update: checkpoint when due (never a model with a NaN loss); True when
+        the loop must stop (budget/signal)."""
         self.progress.update(1)
+        self.last_step = step
         self.stopped = step < self.total and self.budget.expired()
         if step % self.cfg["save_every"] == 0 or step == self.total or self.stopped:
-            if not bool(finite):
+            if not bool(self.finite):
                 raise FloatingPointError(step)
             save_checkpoint(self.ckpt_path, model, optimizer, step, self.cfg, self.method, self.window.state())
         return self.stopped
 
-    def close(self, step=None):
+    def close(self):
         self.budget.close()
         self.progress.close()
         self.file.close()
@@ -712,6 +815,36 @@ def progress(total, initial, disable):
 # ---------------------------------------------------------------------------
 # main(): one sentence per failure
 # ---------------------------------------------------------------------------
+
+def eval_data(cfg, load_dataset):
+    """An evaluation's folder (created), data (the --eval-split) and evaluated rows: all, or
+    --eval-samples of them drawn with seed + 1. -> (out, dataset, indices (N,), start time)."""
+    import metrics
+
+    os.makedirs(cfg["out"], exist_ok=True)
+    ds = load_dataset(cfg, cfg["eval_split"])
+    return cfg["out"], ds, metrics.eval_indices(len(ds), cfg["eval_samples"], cfg["seed"]), time.perf_counter()
+
+
+def run(cfg, argv, train, evaluate, load_model):
+    """One invocation of a script: print the merged config, then train and evaluate the
+    finished run (unless --no-eval, or --time-budget paused it) or, with --eval-only,
+    evaluate load_model(cfg, device) -> (model, step). Prints and returns the results."""
+    import nets
+
+    device = nets.to_device(cfg["device"])
+    print("config:\n" + format_config(cfg))
+    if cfg["eval_only"]:
+        model, step = load_model(cfg, device)
+        res = evaluate(model, cfg, device, step)
+    else:
+        model, step, cfg, finished = train(cfg, device, argv)
+        if cfg["no_eval"] or not finished:
+            return None
+        res = evaluate(model, cfg, device, step, log_path=os.path.join(cfg["out"], "log.csv"))
+    print_summary(res)
+    return res
+
 
 def main(prog, make_config, run, argv=None):
     """Parse, run, and turn every expected failure into one sentence and exit status 2."""

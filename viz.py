@@ -199,8 +199,8 @@ def save_line_grid(panels, path, row_labels=None, col_labels=None, series_labels
     """
     plt = _pyplot()
     n_rows, n_cols = len(panels), max(len(r) for r in panels)
-    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False,
-                             figsize=(1.5 * n_cols + 0.8, 1.3 * n_rows + 0.6))
+    width = max(1.5 * n_cols + 0.8, 3.0)
+    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False, figsize=(width, 1.3 * n_rows + 0.6))
     for r, row in enumerate(panels):
         for c, series in enumerate(row):
             for i, (xs, ys) in enumerate(series):
@@ -214,7 +214,7 @@ def save_line_grid(panels, path, row_labels=None, col_labels=None, series_labels
     if series_labels is not None:
         axes[0, -1].legend(fontsize=6, loc="best")
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(_wrap(title, width, 9), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -328,3 +328,49 @@ def save_confusion(pred, labels, n_codes, class_names, path, ylabel, title):
     conf, row_names = hungarian_confusion(pred, labels, n_codes, len(class_names))
     return save_matrix(conf, path, xlabel="true class", ylabel=ylabel, title=title,
                        xticklabels=list(class_names), yticklabels=row_names)
+
+
+def latents_per_code(z, codes):
+    """One row per discrete code: z (cols, D) with the code c (L_c,) appended to each of
+    its latents (e.g. a one-hot value of the discrete variable). -> (rows, cols, D + L_c)."""
+    return torch.stack([torch.cat([z, torch.as_tensor(c, dtype=z.dtype).expand(len(z), -1)], dim=1)
+                        for c in codes])
+
+
+def unit_per_code(values, unit, n_units, codes):
+    """The discrete traversal: one row per discrete code, unit `unit` of n_units taking
+    `values` (cols,) and the other units 0. -> (rows, cols, n_units + L_c)."""
+    z = torch.zeros(len(values), n_units)                                 # (cols, D)
+    if n_units:
+        z[:, unit] = values
+    return latents_per_code(z, codes)
+
+
+def save_factor_figures(out, mig_res, mu, ds, indices, series_names=None):
+    """The matrix behind MIG, I(z_j; v_k) / H(v_k) (Chen et al. eq. 7), and with
+    `series_names` (the dSprites grid: the shapes) the mean latent against each factor
+    (supp. D, Fig. S4). mig_res: metrics.factor_scores's MIG result or None; mu (N, D) the
+    codes of ds[indices]."""
+    import os
+
+    if mig_res is not None:
+        save_matrix(mig_res["mi_normalized"], os.path.join(out, "mig_matrix.png"), xlabel="factor v_k",
+                    ylabel="latent", title=f"I(z_j; v_k) / H(v_k), {mig_res['headline']} (eq. 7)",
+                    xticklabels=[ds.factor_names[k] for k in mig_res["factors"]], yticklabels=mig_res["latents"],
+                    fmt=".2f")
+    if series_names is not None and mu.shape[1]:
+        save_latent_vs_factor(mu, ds.factors[indices], ds.factor_names, ds.factor_sizes,
+                              os.path.join(out, "latent_vs_factor.png"), series_names)
+
+
+def save_code_figures(decode_fn, out, z, values, unit, codes, labels, titles):
+    """Two figures with one row per discrete code (`codes`, row labels `labels`):
+    samples_per_discrete.png, the code appended to z (cols, D) ~ p(z), the same z down
+    each column (titles[0]); traversal_discrete.png, unit `unit` taking `values` (cols,)
+    and the other units 0 (titles[1])."""
+    import os
+
+    save_traversal(decode_fn, latents_per_code(z, codes), os.path.join(out, "samples_per_discrete.png"),
+                   row_labels=labels, title=titles[0])
+    save_traversal(decode_fn, unit_per_code(values, unit, z.shape[1], codes),
+                   os.path.join(out, "traversal_discrete.png"), row_labels=labels, title=titles[1])

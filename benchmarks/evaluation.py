@@ -47,7 +47,7 @@ def time_one(name, eval_samples, updates=100):
         t0 = time.perf_counter()
         res = mod.main(argv)
         eval_s = time.perf_counter() - t0
-    return train_s, eval_s, res.get("eval_seconds")
+    return train_s, eval_s, res.get("eval_seconds"), res.get("seconds_factor_vae") or 0.0
 
 
 def main(argv=None):
@@ -55,23 +55,26 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", choices=sorted(SCRIPTS), default=sorted(SCRIPTS))
     p.add_argument("--eval-samples", type=int, default=3000)
     p.add_argument("--full", action="store_true", help="also evaluate the whole 737,280-image grid")
+    p.add_argument("--full-only", action="store_true", help="only the whole grid (with the 100 updates)")
     p.add_argument("--out", default=os.path.join(ROOT, "results", "evaluation.md"))
     args = p.parse_args(argv)
+    load = os.getloadavg()[0]
     rows = []
     for name in args.methods:
-        train_s, eval_s, metric_s = time_one(name, args.eval_samples)
-        rows.append((name, f"{args.eval_samples:,} images", train_s, eval_s, metric_s))
-        print(f"{name}: 100 updates {train_s:.1f} s, evaluation of {args.eval_samples} images {eval_s:.1f} s "
-              f"(metrics {metric_s:.1f} s): ratio {eval_s / train_s:.2f}", flush=True)
-        if args.full:
-            _, full_s, full_metric = time_one(name, None)
-            rows.append((name, "737,280 images (full grid)", train_s, full_s, full_metric))
-            print(f"{name}: full grid evaluation {full_s / 60:.1f} min", flush=True)
+        sizes = ([] if args.full_only else [args.eval_samples]) + ([None] if args.full or args.full_only else [])
+        for n in sizes:
+            train_s, eval_s, metric_s, votes_s = time_one(name, n)
+            what = "737,280 images (full grid)" if n is None else f"{n:,} images"
+            rows.append((name, what, train_s, eval_s, metric_s, votes_s))
+            print(f"{name}: 100 updates {train_s:.1f} s, evaluation of {what} {eval_s:.1f} s (metrics {metric_s:.1f} s, "
+                  f"FactorVAE votes {votes_s:.1f} s): ratio {eval_s / train_s:.2f}", flush=True)
     lines = [f"Measured by `python benchmarks/evaluation.py` ({torch.get_num_threads()} threads, torch "
-             f"{torch.__version__}).", "",
-             "| method | evaluated | 100 updates (s) | evaluation (s) | of which metrics (s) | evaluation / training |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {n} | {what} | {t:.1f} | {e:.1f} | {m:.1f} | {e / t:.2f} |" for n, what, t, e, m in rows]
+             f"{torch.__version__}; 1-minute load average {load:.2f} at the start).", "",
+             "| method | evaluated | 100 updates (s) | evaluation (s) | of which metrics (s) | of which FactorVAE votes (s) "
+             "| evaluation / training | without the votes / training |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {n} | {what} | {t:.1f} | {e:.1f} | {m:.1f} | {v:.1f} | {e / t:.2f} | {(e - v) / t:.2f} |"
+              for n, what, t, e, m, v in rows]
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

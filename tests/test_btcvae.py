@@ -353,7 +353,7 @@ def test_presets_follow_supplement_h():
     assert cfg["arch"] == "mlp" and bt.make_config(["--dataset", "dsprites"])["arch"] == "mlp"  # supp. H.1
     assert bt.make_config(["--dataset", "celeba"])["arch"] == "conv"
     assert bt.objective_name(cfg).startswith("eq. 5")
-    assert bt.num_iterations(cfg, 737280) == 18000
+    assert bt.runs.num_iterations(cfg, 737280) == 18000
     assert bt.make_config(["--dataset", "celeba"])["batch_size"] == 1000
     cfg = bt.make_config(["--dataset", "mnist", "--estimator", "mss", "--beta", "2"])
     assert (cfg["batch_size"], cfg["estimator"], cfg["beta"], cfg["eval_split"]) == (64, "mss", 2.0, "test")
