@@ -1,8 +1,11 @@
-"""Run folders: seeding, checkpoints with RNG state, exact resume, time budgets.
+"""Run folders: config merging, seeding, checkpoints with RNG state, exact resume, time budgets.
 
 Plumbing shared by jointvae.py, btcvae.py and cascadevae.py that touches no equation of
-the papers. A run folder holds config.json, log.csv, checkpoint.pt (model, optimiser,
-step, config, every RNG state and the unfinished log window), metrics.json and figures.
+the papers: the config (DEFAULTS <- PRESETS <- flags, make_config), the flags every script
+has and --help's preset values, the steps around each script's training loop
+(prepare_training, TrainLog) and its --eval-only loading (load_for_eval, run). A run
+folder holds config.json, log.csv, checkpoint.pt (model, optimiser, step, config, every
+RNG state and the unfinished log window), metrics.json and figures.
 
 The rules a user can rely on:
   * the folder you name is the folder that is written: `--resume DIR` reads and writes
@@ -31,6 +34,9 @@ import time
 
 import numpy as np
 import torch
+
+import metrics
+import nets
 
 # Files that make a folder "a run": a new run refuses to start beside them.
 RUN_FILES = ("checkpoint.pt", "log.csv", "metrics.json", "config.json")
@@ -819,8 +825,6 @@ def progress(total, initial, disable):
 def eval_data(cfg, load_dataset):
     """An evaluation's folder (created), data (the --eval-split) and evaluated rows: all, or
     --eval-samples of them drawn with seed + 1. -> (out, dataset, indices (N,), start time)."""
-    import metrics
-
     os.makedirs(cfg["out"], exist_ok=True)
     ds = load_dataset(cfg, cfg["eval_split"])
     return cfg["out"], ds, metrics.eval_indices(len(ds), cfg["eval_samples"], cfg["seed"]), time.perf_counter()
@@ -830,8 +834,6 @@ def run(cfg, argv, train, evaluate, load_model):
     """One invocation of a script: print the merged config, then train and evaluate the
     finished run (unless --no-eval, or --time-budget paused it) or, with --eval-only,
     evaluate load_model(cfg, device) -> (model, step). Prints and returns the results."""
-    import nets
-
     device = nets.to_device(cfg["device"])
     print("config:\n" + format_config(cfg))
     if cfg["eval_only"]:
