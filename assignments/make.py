@@ -4,13 +4,17 @@
     python assignments/make.py OUT [--methods jointvae btcvae cascadevae metrics]
                                    [--only FUNCTION ...]
 
-OUT is a plain folder (no git history). It holds the method files with the chosen
-regions removed (the other regions stay, as given code, without their markers), the
-shared modules, the public tests (tests/test_<module>_public.py from assignments/public/,
-plus those of the repository's tests that neither name a removed function nor import a
-left-out file) and the notebooks that call no removed function, with their outputs
-cleared. It never holds assignments/ (grading tests, points, this tool) or the
-repository's tests and notebooks that check a removed function against its closed form.
+OUT is a plain folder (no git history) with only what a student needs: the method files
+with the chosen regions removed (the other regions stay, as given code, without their
+markers), the shared modules they import, the top-level files (requirements.txt,
+pytest.ini), the public tests (tests/test_<module>_public.py from assignments/public/, plus
+those of the repository's tests that neither name a removed function nor import a
+left-out file), the notebooks that call no removed function (outputs cleared), a
+README.md that is the assignment, and assignment.json, the record grade.py reads: methods,
+--only, the functions removed with their points, the repository commit. It never holds
+assignments/ (grading tests, points, this tool), the repository's README, results/,
+benchmarks/ (unless the copied code imports it), .ci/ or .git, or the repository's
+tests and notebooks that check a removed function against its closed form.
 
 --methods picks the files of the assignment: a method file not named is left out of
 OUT altogether (jointvae.py's reparameterize is btcvae.py's, so handing out one
@@ -25,6 +29,7 @@ Standard library only.
 """
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -44,8 +49,14 @@ PUBLIC_DIR = os.path.join(HERE, "public")
 # test_notebooks.py expects all five notebooks, test_reproduce.py trains in subprocesses.
 PUBLIC_REPO_TESTS = ("test_data.py", "test_nets.py", "test_viz.py", "test_runs.py")
 STUDENT_CONFTEST = os.path.join(PUBLIC_DIR, "conftest_student.py")
-MARKER_FILE = "ASSIGNMENT.md"
-MARKER_LINE = "<!-- written by assignments/make.py -->"
+MANIFEST = "assignment.json"                                 # what the copy was made with: grade.py reads it
+MADE_BY = "assignments/make.py"
+README = "README.md"                                         # the student's README is the assignment
+LEGACY_MARKER = ("ASSIGNMENT.md", "<!-- written by assignments/make.py -->")  # copies of earlier versions
+POINTS = os.path.join(HERE, "points.json")
+# Top-level folders never copied (a folder the copied code imports is copied, unless listed here).
+NEVER_COPY = {"assignments", "tests", "notebooks", "results", ".git", ".ci", ".github"}
+KEEP_DOTFILES = {".gitignore"}
 SOURCE_MODULES = ("jointvae", "btcvae", "cascadevae", "metrics", "data", "nets", "runs", "viz")
 TEXT_EXT = {".py", ".md", ".txt", ".ipynb", ".json", ".csv", ".ini", ".cfg", ".toml", ".yml", ".yaml",
             ".sh", ".rst", ""}
@@ -163,14 +174,36 @@ def leaks(out, secrets):
     return found
 
 
+def made_by_make(out):
+    """Whether the folder `out` is a student copy make.py wrote: its assignment.json, the first
+    line of its README.md, or the ASSIGNMENT.md marker of copies made before either."""
+    try:
+        with open(os.path.join(out, MANIFEST), encoding="utf-8") as f:
+            if json.load(f).get("made_by") == MADE_BY:
+                return True
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        with open(os.path.join(out, README), encoding="utf-8") as f:
+            if f.readline().startswith(f"<!-- written by {MADE_BY}"):
+                return True
+    except (OSError, UnicodeDecodeError):
+        pass
+    name, line = LEGACY_MARKER
+    try:
+        with open(os.path.join(out, name), encoding="utf-8") as f:
+            return line in f.read()
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def prepare_out(out, root):
     out = os.path.abspath(out)
     if out == root or out.startswith(root + os.sep):
         raise SystemExit(f"make.py: error: OUT {out} is inside the repository; write the student copy elsewhere "
                          "(e.g. /tmp/hw).")
     if os.path.isdir(out) and os.listdir(out):
-        if not os.path.isfile(os.path.join(out, MARKER_FILE)) or \
-                MARKER_LINE not in open(os.path.join(out, MARKER_FILE), encoding="utf-8").read():
+        if not made_by_make(out):
             raise SystemExit(f"make.py: error: {out} exists and is not a student copy make.py wrote; "
                              "name a new folder.")
         shutil.rmtree(out)
@@ -186,9 +219,54 @@ def write(path, text):
         f.write(text)
 
 
+def load_points(functions, path=POINTS):
+    """{function: points} for `functions`; SystemExit naming any that points.json leaves out."""
+    with open(path, encoding="utf-8") as f:
+        points = json.load(f)
+    missing = [q for q in functions if q not in points]
+    if missing:
+        raise SystemExit(f"make.py: error: {path} gives no points to {', '.join(missing)}; add them.")
+    return {q: points[q] for q in functions}
+
+
+def repo_commit(root):
+    """(commit, dirty) of the checkout at root: dirty when tracked files differ from the commit;
+    (None, None) when root is not a git checkout."""
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, check=True).stdout
+        return head or None, bool(status.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
+
+
+def imported_dirs(root, files, modules):
+    """Top-level folders of the repository that the copied modules import (transitively), e.g. a
+    package `utils/`; the rest (benchmarks/, results/, ...) stays out of the copy."""
+    tops = {f.split("/", 1)[0] for f in files if "/" in f} - NEVER_COPY
+    todo = [f"{m}.py" for m in modules]
+    seen, wanted = set(todo), set()
+    while todo:
+        rel = todo.pop()
+        try:
+            with open(os.path.join(root, rel), encoding="utf-8") as f:
+                names = set(IMPORT.findall(f.read()))
+        except (OSError, UnicodeDecodeError):
+            continue
+        for name in sorted((names & tops) - wanted):
+            wanted.add(name)
+            new = [f for f in files if f.startswith(name + "/") and f.endswith(".py") and f not in seen]
+            seen.update(new)
+            todo += new
+    return wanted
+
+
 def make(out, methods=None, only=(), root=ROOT, log=print):
-    """Write the student copy; returns a dict of what went where. SystemExit on any error."""
-    methods = list(methods or rg.SOLUTION_FILES)
+    """Write the student copy; returns a dict of what went where (with the manifest written to
+    OUT/assignment.json). SystemExit on any error."""
+    methods = list(dict.fromkeys(methods or rg.SOLUTION_FILES))
     try:
         all_regs = rg.all_regions(root)                          # every region: also the public-line baseline
         removed = rg.select([r for r in all_regs if r.module in methods], list(only))
@@ -196,6 +274,7 @@ def make(out, methods=None, only=(), root=ROOT, log=print):
         raise SystemExit(f"make.py: error: {err}")
     if not removed:
         raise SystemExit(f"make.py: error: the files of {', '.join(methods)} have no solution regions.")
+    points = load_points([r.qualname for r in removed])
     out = prepare_out(out, root)
     left_out_methods = [m for m in rg.SOLUTION_FILES if m not in methods and m != "metrics"]
     skipped_files = {rg.SOLUTION_FILES[m] for m in left_out_methods}
@@ -203,9 +282,14 @@ def make(out, methods=None, only=(), root=ROOT, log=print):
     removed_names = sorted({r.function for r in removed})
     held_back = []
 
-    for rel in repo_files(root):
+    files = repo_files(root)
+    dirs = imported_dirs(root, files, present_modules)
+    for rel in files:
         top = rel.split("/", 1)[0]
-        if top in ("assignments", "tests", "notebooks") or rel in skipped_files or rel.startswith(".git"):
+        if "/" in rel:
+            if top not in dirs:
+                continue                                     # results/, benchmarks/, .ci/, tests/, notebooks/
+        elif rel == README or rel in skipped_files or (rel.startswith(".") and rel not in KEEP_DOTFILES):
             continue
         src, dst = os.path.join(root, rel), os.path.join(out, rel)
         module = os.path.splitext(rel)[0]
@@ -250,7 +334,16 @@ def make(out, methods=None, only=(), root=ROOT, log=print):
         else:
             write(os.path.join(out, "notebooks", name), cleared(nb))
 
-    write(os.path.join(out, MARKER_FILE), student_readme(out, removed, methods, held_back))
+    commit, dirty = repo_commit(root)
+    copied = {os.path.splitext(f)[0] for f in os.listdir(out) if f.endswith(".py")}
+    manifest = dict(
+        made_by=MADE_BY, format=1, commit=commit, dirty=dirty, methods=methods, only=list(only),
+        functions=[dict(function=r.qualname, equation=r.equation, points=points[r.qualname]) for r in removed],
+        max_score=sum(points.values()),
+        given=[r.qualname for r in all_regs if r.module in copied and r not in removed],
+        left_out=sorted(skipped_files), held_back=held_back)
+    write(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1) + "\n")
+    write(os.path.join(out, README), student_readme(out, removed, points, manifest, root))
 
     bad = []
     for dirpath, _, filenames in os.walk(out):
@@ -268,50 +361,129 @@ def make(out, methods=None, only=(), root=ROOT, log=print):
                          + "\n  ".join(bad + found)
                          + "\nRemove the repeated lines, add the function that repeats them to --only, or leave "
                            "its file out with --methods.")
-    log(f"wrote {out}: {len(removed)} function(s) to implement, {len(held_back)} test file(s)/notebook(s) "
-        f"held back{' (' + ', '.join(sorted(skipped_files)) + ' left out)' if skipped_files else ''}")
+    log(f"wrote {out}: {len(removed)} function(s) to implement ({manifest['max_score']:g} points), "
+        f"{len(held_back)} test file(s)/notebook(s) held back"
+        f"{' (' + ', '.join(sorted(skipped_files)) + ' left out)' if skipped_files else ''}")
     for r in removed:
-        log(f"  {r.qualname:<36} {r.equation}")
+        log(f"  {r.qualname:<36} {r.equation:<48} {points[r.qualname]:g}")
     return dict(out=out, removed=[r.qualname for r in removed], held_back=held_back,
-                left_out=sorted(skipped_files))
+                left_out=sorted(skipped_files), manifest=manifest)
 
 
-def student_readme(out, removed, methods, held_back):
+# --------------------------------------------------------------------------- the student's README
+
+
+def md_cell(text):
+    """Text for one cell of a Markdown table: `|` escaped (also inside code spans, as GitHub
+    reads tables), no line breaks."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def module_summary(path):
+    """(first line of the module docstring, the paper it names or "")."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            doc = ast.get_docstring(ast.parse(f.read())) or ""
+        except SyntaxError:
+            doc = ""
+    first = doc.split("\n", 1)[0].strip()
+    m = re.search(r"Paper:\s*(.+?)(?:\s*\(text in|\n[ \t]*\n|$)", doc, re.S)
+    return first, (" ".join(m.group(1).split()) if m else "")
+
+
+FOLDER_NOTES = {
+    "tests": "the public tests (run them with `python -m pytest tests -q`)",
+    "notebooks": "notebooks that use only code you are given or have written",
+    "requirements.txt": "the Python packages to install (`pip install -r requirements.txt`)",
+    "pytest.ini": "pytest settings",
+    ".gitignore": "what git leaves out if you keep your work in git (data, runs)",
+    MANIFEST: "what this copy was made with; the grader reads it: do not edit it",
+    README: "this file",
+}
+
+
+def student_readme(out, removed, points, manifest, root):
+    mine = sorted({os.path.basename(r.path) for r in removed}, key=lambda f: list(rg.SOLUTION_FILES.values()).index(f))
     rows = []
     for r in removed:
-        path = os.path.join(out, os.path.basename(r.path))
-        with open(path, encoding="utf-8") as f:
+        name = os.path.basename(r.path)
+        with open(os.path.join(out, name), encoding="utf-8") as f:
             line = next(i for i, text in enumerate(f.read().split("\n"), 1)
                         if "raise NotImplementedError(" in text and r.qualname + ":" in text)
         what = r.text.split(", return", 1)[1].strip() if ", return" in r.text else "see the docstring"
-        rows.append(f"| `{os.path.basename(r.path)}:{line}` | `{r.function}` | {r.equation} | {what} |")
-    held = "\n".join(f"- `{h}`" for h in held_back) or "- nothing"
-    return f"""{MARKER_LINE}
-# Assignment
+        rows.append(f"| [`{name}`]({name}) line {line} | `{md_cell(r.function)}` | {md_cell(r.equation)} | "
+                    f"{md_cell(what)} | {points[r.qualname]:g} |")
+    papers = []
+    for name in mine:
+        first, paper = module_summary(os.path.join(out, name))
+        papers.append(f"- [`{name}`]({name}): {first}" + (f" Paper: {paper}." if paper else ""))
+    total = manifest["max_score"]
+    given = [q for q in manifest["given"] if q.split(".")[0] in {os.path.splitext(f)[0] for f in mine}]
+    given_text = (f"\nThe other marked functions of {'this file' if len(mine) == 1 else 'these files'} are given, "
+                  "complete: "
+                  + ", ".join(f"`{q.split('.', 1)[1]}`" if len(mine) == 1 else f"`{q}`" for q in given)
+                  + ". Read them; they are not graded.\n") if given else ""
+    scripts = [f for f in mine if f != rg.SOLUTION_FILES["metrics"]]
+    train = ("\nOnce the functions are written the scripts train as usual, e.g.\n\n```bash\n"
+             + "\n".join(f"python {f} --dataset shapes --iterations 200" for f in scripts)
+             + "\n```\n") if scripts else ""
+    public = sorted(f for f in os.listdir(os.path.join(out, "tests")) if f.endswith("_public.py"))
+    listing = []
+    for entry in sorted(os.listdir(out), key=lambda e: (e.startswith("."), e.lower())):
+        path = os.path.join(out, entry)
+        if entry.endswith(".py"):
+            note = module_summary(path)[0]
+            if entry in mine:
+                note += " **You write parts of this file.**"
+        else:
+            note = FOLDER_NOTES.get(entry, "")
+        label = entry + ("/" if os.path.isdir(path) else "")
+        listing.append(f"- [`{label}`]({entry}){': ' + note if note else ''}")
+    made = f" from commit `{manifest['commit'][:12]}`" if manifest.get("commit") else ""
+    return f"""<!-- written by {MADE_BY}{made}; assignment.json records what this copy was made with -->
+# Assignment: {", ".join(f"`{f}`" for f in mine)}
 
-Implement the functions below. Each one's body is a single
-`raise NotImplementedError("...")`; its docstring says what it takes and returns, the
-comments around it and the file's docstring say how it is used, and the equation is in the
-paper the file's docstring names. Keep the signatures: the grader calls them as they are.
+Write the bodies of the {len(removed)} function(s) below ({total:g} points in all). Each body is now
+a single `raise NotImplementedError("...")`: replace that line with your code. The function's
+docstring says what it takes and returns, the comments around it and the file's docstring
+say how it is used, and the equation is in the paper the file's docstring names:
 
-| where | function | equation | return |
-| --- | --- | --- | --- |
+{chr(10).join(papers)}
+
+| where | function | equation | returns | points |
+| --- | --- | --- | --- | --- |
 {chr(10).join(rows)}
+{given_text}
+Keep the names and signatures (the grader calls the functions as they are), write your code
+only in these functions (helpers of your own are fine), and do not edit `{MANIFEST}`.
 
-Check your work as you go:
+## Check your work
 
 ```bash
+pip install -r requirements.txt      # once
 python -m pytest tests -q
 ```
 
-A public test that reaches a function you have not written yet is skipped, and says which
-one ("not implemented yet: ..."); the tests check imports, signatures, shapes and that a
-short training run goes through, not the values: the graded tests are kept by your
-instructor. Once the losses are written the scripts train as usual, e.g.
-`python {rg.SOLUTION_FILES[next((m for m in methods if m != "metrics"), "btcvae")]} --dataset shapes --iterations 200`.
+The public tests ({", ".join(f"`tests/{p}`" for p in public)}) check that the files
+import, that the functions keep their signatures and return the documented shapes, and a few
+properties any correct answer has (limits, bounds, invariances); a short training run goes
+through once the loss is written. A test that reaches a function you have not written yet
+is *skipped* and names it ("not implemented yet: ..."). Passing them does not mean full
+marks: they do not check the values.
+{train}
+## Grading
 
-Held back from this copy (they check the answers, or need files it does not have):
-{held}
+Your instructor runs hidden grading tests on your copy. They check each function's values
+against the paper's equations (closed forms, sums written out, distributions of random
+samples, gradients), never how you lay the computation out: any correct way of writing it
+passes. A function earns its points when all of its grading tests pass, else none; the
+total is out of {total:g}. A function that calls another one you write is graded with a
+reference version of the other, so one mistake costs only its own function's points. The
+report names, for each failed function, the test and the value it got and expected.
+
+## What is in this folder
+
+{chr(10).join(listing)}
 """
 
 

@@ -6,7 +6,8 @@
 first on sys.path, so `jointvae`, `btcvae`, `cascadevae`, `metrics` and what they import
 are the student's. A module that fails to import fails only the tests that use it.
 --functions a,b runs only the tests of those marked functions; --grade-report PATH writes
-one JSON record per test (function, outcome, first line of the failure) for grade.py.
+one JSON record per test (function, outcome, the first line of the failure and the whole
+failure message, with the values got and expected) for grade.py.
 """
 
 import importlib
@@ -102,18 +103,24 @@ def pytest_runtest_call(item):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _first_line(report):
+MAX_DETAIL = 4000                                           # characters of one failure message kept
+
+
+def _message(report):
+    """The failure's message: the exception line, with pytest's assertion rewrite below it."""
     crash = getattr(report.longrepr, "reprcrash", None)
     text = crash.message if crash is not None else str(report.longrepr)
-    return text.strip().split("\n")[0]
+    text = text.strip()
+    return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL - 3] + "..."
 
 
 def pytest_runtest_logreport(report):
     if report.when != "call" and report.outcome == "passed":
         return                                              # setup and teardown that went fine
+    detail = "" if report.outcome == "passed" else _message(report)
     STATE["results"].append(dict(
         test=report.nodeid, function=STATE["functions"].get(report.nodeid), phase=report.when,
-        outcome=report.outcome, message="" if report.outcome == "passed" else _first_line(report)))
+        outcome=report.outcome, message=detail.split("\n")[0], detail=detail))
 
 
 def pytest_sessionfinish(session):

@@ -1,7 +1,8 @@
 """Public tests for the cascadevae.py exercises: the module imports, the exercises keep their
-signatures, their outputs have the documented shapes, types and keys, and a 20-update run on
-shapes (the alternating step from update 11) trains and evaluates. They check no values: the
-graded tests do. A test that reaches an exercise not written yet is skipped and names it
+signatures, their outputs have the documented shapes, types and keys, the loss terms are batch
+means (they do not change when the batch is duplicated), and a 20-update run on shapes (the
+alternating step from update 11) trains and evaluates. They do not check the values of the
+equations: the graded tests do. A test that reaches an exercise not written yet is skipped and names it
 (tests/conftest.py)."""
 
 import inspect
@@ -53,6 +54,27 @@ def test_loss_returns_the_documented_terms():
     for key in ("loss", "recon", "kl", "weighted_kl", "penalty", "h_d", "kl_d", "lemma1_bound"):
         assert t[key].shape == (), key
     assert t["kl_units"].shape == (4,) and t["counts"].shape == (3,)
+
+
+def test_loss_terms_are_batch_means():
+    """eq. 5 averages over the batch: the same batch with every image twice gives the same terms
+    (q(d) too: it is the batch's class frequencies). The pair penalty of eq. 6 counts pairs, so
+    it is left out."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 1, 32, 32, generator=g).round()
+    x_logits, mu = torch.randn(6, 1, 32, 32, generator=g), torch.randn(6, 4, generator=g)
+    sigma, betas = torch.rand(6, 4, generator=g) + 0.5, torch.tensor([1.0, 2.0, 5.0, 10.0])
+    d = torch.tensor([0, 1, 1, 2, 2, 2])
+    twice = [torch.cat([t, t]) for t in (x, x_logits, mu, sigma)]
+    for labels, keys in ((None, ("loss", "recon", "kl", "weighted_kl", "kl_units")),
+                         (d, ("recon", "kl", "weighted_kl", "h_d", "kl_d", "lemma1_bound", "kl_units"))):
+        one = cv.cascadevae_loss(x, x_logits, mu, sigma, betas, labels, 3, 0.1)
+        two = cv.cascadevae_loss(*twice, betas, None if labels is None else torch.cat([labels, labels]), 3, 0.1)
+        for key in keys:
+            a, b = torch.as_tensor(one[key]).double(), torch.as_tensor(two[key]).double()
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), \
+                f"d={'given' if labels is not None else None}: {key} = {a.tolist()} on a batch, {b.tolist()} on " \
+                "the same batch with every image twice: average over the batch, do not sum"
 
 
 def test_smoke_run_on_shapes(tmp_path):
