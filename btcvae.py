@@ -1,96 +1,36 @@
 """beta-TCVAE: the ELBO's KL split into index-code MI, total correlation and dimension-wise KL.
 
-Paper: Ricky T. Q. Chen, Xuechen Li, Roger Grosse, David Duvenaud, "Isolating Sources of
-Disentanglement in Variational Autoencoders", NeurIPS 2018 (text in
-../shared/papers/btcvae_chen2018.txt, with the supplement). Authors' code:
+Ricky T. Q. Chen, Xuechen Li, Roger Grosse, David Duvenaud, "Isolating Sources of
+Disentanglement in Variational Autoencoders", NeurIPS 2018. Authors' code:
 https://github.com/rtqichen/beta-tcvae (read for conventions only; nothing is copied).
 
     python btcvae.py --dataset shapes                        # supp. H preset, beta = 6 (Fig. 3)
     python btcvae.py --dataset shapes --beta-vae 4           # the beta-VAE baseline of Fig. 3
     python btcvae.py --dataset shapes --estimator mss        # supp. B.2 instead of B.1
-    python btcvae.py --eval-only --checkpoint runs/btcvae-shapes-s0 --dataset shapes
 
 Equation -> code
-    eq. 1   ELBO: recon + KL(q(z|x)||p(z)) (alpha = beta = gamma = 1) ...... btcvae_loss
-    eq. 2   beta-VAE = eq. 5 with alpha = beta = gamma = B (`--beta-vae B`) .. btcvae_loss
-    eq. 3   E_p(n) KL(q(z|n)||p(z)) = index-code MI + TC + dimension-wise KL
-            (proof: supp. B) ............................................... decompose_kl
-    eq. 5   beta-TCVAE: recon + alpha*MI + beta*TC + gamma*dwKL ........... btcvae_loss
-    sec 2.1 Gaussian q(z|x), N(0, I) prior, Bernoulli p(x|z), reparameterised
-            sample ........................... BetaTCVAE, reparameterize, log_density_gaussian
-    eq. S3-S4 minibatch weighted sampling (MWS) of log q(z) and (footnote 2)
-            of log prod_j q(z_j) ........ log_qz_matrix, log_qz_mws, decompose_kl("mws")
-    eq. S5-S6 minibatch stratified sampling (MSS) ...... mss_log_weights, log_qz_mss,
-            decompose_kl("mss")
-    eq. S7-S9 MSS is unbiased for q(z) and, like MWS, a lower bound in log
-            ................................................ tests/test_btcvae.py
-    eq. 3 over the whole data set (the authors' elbo_decomposition.py idea):
-            exact q(z) = (1/N) sum_n q(z|n) ......... log_aggregate_posterior, elbo_decomposition
-    eq. 6-7, supp. A.1-A.2 MIG, sampling estimator ......... metrics.mig, evaluate
-    Table 2 dSprites MIG over scale, rotation, posX, posY (shape = noise) metrics.factor_scores: `mig`
-    Fig. 6  traversals over (-2, 2) .................................. save_figures
-    supp. D / Fig. S4 mean latent against each factor, one line per shape  save_figures
-    supp. H hyperparameters; H.1 architectures ....................... PRESETS, --arch
+    sec 2.1 Gaussian q(z|x), N(0, I) prior, Bernoulli p(x|z) . BetaTCVAE, reparameterize, log_density_gaussian
+    eq. S3-S4 minibatch weighted sampling (MWS) of log q(z), and (footnote 2) of
+            log prod_j q(z_j) ...................... log_qz_matrix, log_qz_mws, decompose_kl("mws")
+    eq. S5-S6 minibatch stratified sampling (MSS) .. mss_log_weights, log_qz_mss, decompose_kl("mss")
+    eq. S7-S9 MSS unbiased for q(z), a lower bound in log .......... tests/test_btcvae.py
+    eq. 3   E_p(n) KL(q(z|n)||p(z)) = index-code MI + TC + dimension-wise KL (supp. B) decompose_kl
+    eq. 5   beta-TCVAE: recon + alpha*MI + beta*TC + gamma*dwKL ... btcvae_loss
+    eq. 1, 2  ELBO (alpha = beta = gamma = 1), beta-VAE (all = B, `--beta-vae B`) btcvae_loss
+    eq. 3 over the whole data set: exact q(z) = (1/N) sum_n q(z|n) . log_aggregate_posterior, elbo_decomposition
+    eq. 6-7, supp. A.1-A.2, Table 2  MIG ............................ metrics.mig via evaluate
+    Fig. 6, supp. D / Fig. S4  traversals, mean latent per factor ... save_figures
+    supp. H hyperparameters; H.1 architectures ..................... PRESETS, --arch
 
-Shapes: B batch, D latent units, N data set size (the N of eq. S4 / S6: the training
-set), Q query points of the full-data estimator, C x H x W image. In the minibatch
-estimators M is the paper's minibatch size: M = B in eq. S4, M = B - 1 in eq. S6.
-
-Why the minibatch estimators need care, and the pitfalls this file avoids:
-  * In MSS the weight w_ij multiplies the JOINT density q(z_i|n_j) = prod_d q(z_id|n_j),
-    so log w_ij enters log q(z_i) ONCE, and each marginal log q(z_id) once per dimension.
-    A popular re-implementation adds log w_ij once per dimension inside the joint, which
-    shifts log q(z), hence TC, by (D - 1) log w: about -(D - 1) log(B - 1) while the other
-    samples' 1/M terms dominate, up to -(D - 1) log N once the sample's own 1/N term does.
-  * The authors' MSS matrix (`_log_importance_weight_matrix`) writes `W.view(-1)[::M+1] =
-    1/N` meaning the diagonal, but with B = M + 1 rows that stride is B, so it fills column
-    0 (and `[1::M+1]` column 1, then `W[M-1, 0]`). Rows still sum to 1, but for rows i >= 1
-    the sample's own q(z_i|n_i) gets the stratum weight (row 1) or 1/M (rows >= 2), not 1/N.
-    Enumerating every batch (N = 6, B = 3) with q(z|n) = 0 for n != n_i, E[estimate] / q(z)
-    is 1, 2, 3 for their rows 0, 1, 2 and 1 for every row of ours (mss_log_weights).
-  * The same re-implementation computes MIG from latent samples reshaped with
-    `.view(latent_dim, n_samples)` where a transpose is meant; metrics.mig never does.
-  * MWS (eq. S4) is a loose lower bound whose VALUES are off by constants: log (1/(N M))
-    sum_j q(z_i|n_j) = log (1/B) sum_j q(z_i|n_j) - log N, so its mi, tc, dwkl are the eq. 3
-    terms of the batch taken as the whole data set (MI <= log B) plus log N, (D - 1) log N
-    and -D log N; its gradients are what training needs. log.csv's batch values are
-    training signals; the MI, TC and dimension-wise KL to report are metrics.json's.
-
-NOTE: architecture. dSprites (and `shapes`) default to the paper's MLP (supp. H.1:
-    4096-1200-1200-2D ReLU encoder, D-1200-1200-1200-4096 tanh decoder), as the authors'
-    code does; `--arch conv` trains the shared convolutional net (nets.py, Dupont 2018
-    App. B) instead, so that the three methods can be compared on one net.
-DEVIATION: for the image-folder data sets (3D faces, chairs, CelebA) supp. H.1 uses conv
-    nets with BatchNorm; they run the shared conv net (no BatchNorm) instead: BatchNorm
-    makes q(z|x) depend on the other images of the batch, which eq. S4 / S6 assume it does
-    not (each q(z|n_j) is evaluated at every z_i), and none of those sets is available
-    offline to check a re-implementation against the paper's figures.
-DEVIATION: the decoder outputs logits and the Bernoulli log-likelihood is
-    `binary_cross_entropy_with_logits` (the paper: sigmoid mean + Bernoulli): the same
-    value, numerically stable (nets.py).
-DEVIATION: the training length is counted in updates, epochs * floor(N / B) of them
-    (data.batches drops the last partial batch; the authors' DataLoader keeps it). On
-    dSprites N / B = 737,280 / 2048 = 360 exactly, so 50 epochs = 18,000 updates either way.
-DEVIATION: eq. S3 assumes the batch's other indices are i.i.d. from p(n); batches here are
-    slices of a per-epoch permutation, as in the authors' DataLoader (negligible for B << N).
-DEVIATION: the full-data decomposition scores every term per sample with the same z, so
-    their sum is a Monte Carlo estimate of the average KL, CHECKED against the closed form;
-    the authors' elbo_decomposition.py takes E[log q(z|x)] and E[log p(z)] in closed form
-    (their terms add up by construction). log q(z), log q(z_j) are exact in both.
-NOTE: the authors' `--lambda-anneal` (gamma = 1 - lambda, lambda 0.95 -> 0 over 7,000
-    updates) and `--beta-anneal`, which the paper does not describe, are not offered.
-NOTE: the beta-VAE baseline (`--beta-vae B`) uses the one-sample KL estimate log q(z|x) -
-    log p(z) = mi + tc + dwkl, as the authors' code does, so eq. 2 is exactly eq. 5 with
-    alpha = beta = gamma = B; the `kl` column of log.csv is the closed form.
-NOTE: evaluation uses the posterior mean for the codes (MIG, FactorVAE score, figures).
-    With `--eval-samples n` the full-data decomposition runs over that random subset of
-    the training set (q(z) is its aggregate posterior, MI <= log n; metrics.json records
-    n_data). The default (all N = 737,280 on dSprites) costs one encoder pass plus
-    `--decomp-samples` x N x D Gaussian evaluations (see log_aggregate_posterior).
+Shapes: B batch, D latent units, N data set size (the N of eq. S4 / S6: the training set),
+Q query points of the full-data estimator, C x H x W image. In the minibatch estimators M is
+the paper's minibatch size: M = B in eq. S4, M = B - 1 in eq. S6. Where this file departs
+from the paper or the authors' code, a `DEVIATION:` comment says so at that line.
 """
 
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -102,127 +42,10 @@ import data
 import metrics
 import nets
 import runs
+import scoring
 import viz
 
 LOG_2PI = math.log(2.0 * math.pi)
-
-# ---------------------------------------------------------------------------
-# Arguments and paper presets
-# ---------------------------------------------------------------------------
-
-# Chen et al. (2018), supp. H: "Adam with learning rate 0.001; batch size 2048 for dSprites,
-# 3D faces and 3D chairs; 1000 for CelebA"; Fig. 3: beta = 6 (4 for the beta-VAE baseline).
-# The paper prints no latent size or training length: the authors' vae_quant.py defaults.
-ALL = dict(lr=1e-3,                    # supp. H: Adam, learning rate 0.001
-           epochs=50,                    # vae_quant.py default --num-epochs 50 (dSprites: 18,000 updates)
-           alpha=1.0, gamma=1.0,         # sec. 3.2.1: alpha = gamma = 1, only beta tuned
-           estimator="mws")              # sec. 3.2 / supp. B.1 (MSS "performs similarly", Fig. S1)
-PRESETS = {
-    "shapes": dict(ALL,                    # dSprites protocol (sec. 6.1)
-        cont=10,                           # D = 10: vae_quant.py default --latent-dim 10
-        batch_size=2048, beta=6.0,         # supp. H: batch 2048 (dSprites); Fig. 3: beta = 6
-        arch="mlp"),                       # supp. H.1: the dSprites MLP (`--arch conv`: nets.py's conv net)
-    "faces": dict(ALL,                     # 3D faces (a folder of 64x64 grey renders)
-        cont=10, batch_size=2048,          # supp. H: batch 2048 (3D faces); D: vae_quant.py default
-        beta=6.0, arch="conv"),            # Fig. 3 (faces): beta = 6; supp. H.2 Fig. S15 too
-    "chairs": dict(ALL,                    # 3D chairs (a folder of 64x64 images), Fig. 6
-        cont=10, batch_size=2048,          # supp. H: batch 2048 (3D chairs); D: vae_quant.py default
-        beta=6.0, arch="conv"),            # ours: the paper gives no beta for Fig. 6; Fig. 3's 6
-    "celeba": dict(ALL,                    # CelebA (a folder of 64x64 RGB images), Fig. 7
-        cont=32,                           # ours: Fig. 7 finds "more than 10" attributes, so D > 10 (Dupont C.4: 32)
-        batch_size=1000,                   # supp. H: batch 1000 (CelebA)
-        beta=15.0, arch="conv"),           # supp. I.2: "beta-TCVAE model one (beta = 15)"
-    "mnist": dict(ALL,                     # ours: the paper has no MNIST experiment
-        cont=10, batch_size=64,            # the dSprites D; Dupont App. C.1's batch for this network
-        beta=6.0, arch="conv"),            # Fig. 3's beta = 6
-}
-PRESETS["dsprites"] = dict(PRESETS["shapes"])       # DeepMind's file: the same protocol
-PRESETS["fashion-mnist"] = dict(PRESETS["mnist"])   # ours, as for MNIST
-
-# The decomposition of eq. 3 is over the training set (p(n) is its empirical distribution);
-# MNIST-like sets report the other metrics on test data, the factor grids are one set.
-DATA_SOURCES = data.sources("mnist", "fashion-mnist", "dsprites", "shapes", "faces", "chairs", "celeba")
-
-DEFAULTS = dict(
-    dataset="shapes", cont=10, arch="conv", estimator="mws", alpha=1.0, beta=6.0, gamma=1.0, beta_vae=None,
-    lr=1e-3, batch_size=2048, epochs=50, iterations=None, save_every=1000, decomp_samples=10000,
-    **runs.RUN_DEFAULTS,
-)
-
-
-# Where the presets' values come from (shown by --help).
-PRESET_SOURCES = {"lr": "supp. H", "batch_size": "supp. H", "alpha": "sec. 3.2.1", "gamma": "sec. 3.2.1",
-                  "beta": "Fig. 3 (CelebA: supp. I.2)", "estimator": "supp. B.1", "arch": "supp. H.1",
-                  "cont": "authors' vae_quant.py default", "epochs": "authors' vae_quant.py default"}
-
-
-def build_parser(dataset="shapes"):
-    p = runs.parser("btcvae.py", "beta-TCVAE (Chen et al. 2018): train or evaluate. Defaults shown are the "
-                    f"preset for --dataset {dataset} (supp. H where the paper gives them); flags override.")
-    p.add_argument("--dataset", choices=sorted(DATA_SOURCES), help="selects data and preset (default shapes)")
-    p.add_argument("--cont", type=int, help="number of latent units D")
-    p.add_argument("--arch", choices=["conv", "mlp"], help="conv: the shared nets.py network; mlp: supp. H.1")
-    p.add_argument("--estimator", choices=["mws", "mss"], help="log q(z) from the batch: supp. B.1 (mws) or B.2 (mss)")
-    p.add_argument("--alpha", type=float, help="weight of the index-code MI in eq. 5")
-    p.add_argument("--beta", type=float, help="weight of the total correlation in eq. 5")
-    p.add_argument("--gamma", type=float, help="weight of the dimension-wise KL in eq. 5")
-    p.add_argument("--beta-vae", type=float, metavar="B", help="baseline: beta-VAE eq. 2 = eq. 5 with alpha = beta = gamma = B")
-    p.add_argument("--lr", type=float, help="Adam learning rate")
-    p.add_argument("--batch-size", type=int, help="images per update")
-    p.add_argument("--epochs", type=float, help="training length in epochs")
-    p.add_argument("--iterations", type=int, help="training length in updates (overrides --epochs)")
-    p.add_argument("--decomp-samples", type=int, help="z samples of the full-data decomposition, each scored "
-                                                      "against all N posteriors (0 skips it)")
-    return runs.finish_parser(p, "btcvae", "data folder (torchvision layout), or the image folder for "
-                              "faces/chairs/celeba", dataset, DEFAULTS, PRESETS,
-                              lambda key: PRESET_SOURCES.get(key, "ours (see PRESETS)"))
-
-
-def _normalize(cfg):
-    """Fill what the flags leave open (in place): splits, run folder, beta-VAE weights."""
-    runs.normalize(cfg, DEFAULTS, DATA_SOURCES, "btcvae")
-    if cfg.get("beta_vae") is not None:
-        cfg["alpha"] = cfg["beta"] = cfg["gamma"] = float(cfg["beta_vae"])
-    return cfg
-
-
-def _check_flags(explicit):
-    if explicit.get("beta_vae") is not None:
-        set_here = [f"--{k}" for k in ("alpha", "beta", "gamma") if k in explicit]
-        if set_here:
-            raise ValueError(f"--beta-vae B sets alpha = beta = gamma = B; drop {' '.join(set_here)}.")
-
-
-def make_config(argv=None):
-    """DEFAULTS <- PRESETS[dataset] <- the flags given; on --resume, the run's own config
-    <- the flags that only change how it goes on (runs.make_config)."""
-    return runs.make_config(argv, "btcvae", build_parser, DEFAULTS, PRESETS, _normalize, validate_config,
-                            check_flags=_check_flags,
-                            variant=lambda cfg: "betavae" if cfg.get("beta_vae") is not None else None)
-
-
-def validate_config(cfg):
-    """One ValueError sentence per bad flag combination."""
-    runs.validate_run_flags(cfg, ('alpha', 'beta', 'gamma', 'beta_vae'))
-    bad = next((name for name in ("alpha", "beta", "gamma") if cfg[name] < 0), None)
-    runs.first_error(
-        (cfg["cont"] < 1, f"--cont {cfg['cont']}: need at least one latent unit."),
-        ((cfg.get("beta_vae") or 0) < 0, f"--beta-vae {cfg.get('beta_vae')} is negative; eq. 2 needs beta >= 0."),
-        (bad is not None, f"--{bad} {cfg.get(bad)} is negative; eq. 5 penalises each term with a weight >= 0."),
-        (cfg["estimator"] == "mss" and cfg["batch_size"] < 2,
-         "--estimator mss needs --batch-size >= 2: eq. S6 weighs the other M = B - 1 samples."),
-        (cfg["decomp_samples"] < 0, "--decomp-samples must be >= 0 (0 skips the full-data decomposition)."))
-
-
-def objective_name(cfg):
-    """Which equation of the paper the flags select (printed and saved with the run)."""
-    a, b, g = cfg["alpha"], cfg["beta"], cfg["gamma"]
-    if cfg.get("beta_vae") is not None or (a == b == g and a != 1.0):
-        return f"eq. 2 (beta-VAE, beta = {b:g})"
-    if a == b == g == 1.0:
-        return "eq. 1 (ELBO, plain VAE)"
-    return f"eq. 5 (beta-TCVAE, alpha = {a:g}, beta = {b:g}, gamma = {g:g})"
-
 
 # ---------------------------------------------------------------------------
 # Model: encoder -> (mu, logvar), reparameterised z, decoder -> Bernoulli logits (sec. 2.1)
@@ -238,18 +61,23 @@ def reparameterize(mu, logvar):
     return mu + torch.exp(0.5 * logvar) * eps  # (B, D)
     # END SOLUTION
 
-
 class BetaTCVAE(nn.Module):
     """q(z|x) = N(mu(x), diag sigma^2(x)), p(z) = N(0, I), p(x|z) Bernoulli (sec. 2.1)."""
 
     def __init__(self, image_size, cont, arch="conv"):
         super().__init__()
         self.cont, self.arch = int(cont), arch
+        # NOTE: dSprites (and `shapes`) default to the paper's MLP (supp. H.1), as the authors'
+        # code does; `--arch conv` trains the shared conv net (nets.py, Dupont 2018 App. B), so
+        # that the three methods can be compared on one net.
         if arch == "mlp":
             # supp. H.1 (dSprites): 4096-1200-1200-2D ReLU encoder, D-1200-1200-1200-4096 tanh decoder.
             self.encoder = nets.MLPEncoder(image_size, 2 * self.cont)
             self.decoder = nets.MLPDecoder(image_size, self.cont)
         else:
+            # DEVIATION: supp. H.1's conv nets for 3D faces, chairs and CelebA use BatchNorm; ours
+            # has none: BatchNorm makes q(z|x) depend on the other images of the batch, which
+            # eq. S4 / S6 assume it does not (each q(z|n_j) is evaluated at every z_i).
             self.encoder = nets.Encoder(image_size, 2 * self.cont)
             self.decoder = nets.Decoder(image_size, self.cont)
 
@@ -267,7 +95,6 @@ class BetaTCVAE(nn.Module):
         z = reparameterize(mu, logvar) if self.training else mu  # (B, D)
         return dict(x_logits=self.decode(z), mu=mu, logvar=logvar, z=z)
 
-
 # ---------------------------------------------------------------------------
 # Loss: eq. 5 (and eq. 1, eq. 2), eq. 3 terms from the minibatch (supp. B.1 MWS, B.2 MSS)
 # ---------------------------------------------------------------------------
@@ -276,11 +103,9 @@ def kl_normal(mu, logvar):
     """KL(N(mu, sigma^2) || N(0, 1)) per unit, closed form: (B, D) = 1/2 (mu^2 + sigma^2 - 1 - log sigma^2)."""
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)  # (B, D), >= 0
 
-
 def log_density_gaussian(z, mu, logvar):
     """log N(z; mu, exp(logvar)) elementwise (broadcasting): -1/2 (log 2pi + logvar + (z - mu)^2 / var)."""
     return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar))
-
 
 def log_qz_matrix(z, mu, logvar):
     """[i, j, d] = log q(z_{i,d} | x_j): every sample of the batch under every posterior.
@@ -293,7 +118,13 @@ def log_qz_matrix(z, mu, logvar):
     norm = (-0.5 * (LOG_2PI + logvar)).unsqueeze(0)                                  # (1, B, D)
     return torch.addcmul(norm, t, t, value=-0.5)                                     # (B, B, D)
 
-
+# A pitfall of MSS (eq. S6): the weight w_ij multiplies the JOINT density q(z_i|n_j) =
+# prod_d q(z_id|n_j), so log w_ij enters log q(z_i) ONCE (and each marginal log q(z_id)
+# once per dimension). Adding log w_ij once per dimension inside the joint shifts log q(z),
+# hence TC, by (D - 1) log w. And the authors' `_log_importance_weight_matrix` writes
+# `W.view(-1)[::M+1] = 1/N` meaning the diagonal, but with B = M + 1 rows that stride is B,
+# so it fills column 0: enumerating every batch (N = 6, B = 3), E[estimate] / q(z) is 1, 2,
+# 3 for its rows 0, 1, 2 and 1 for every row of ours (tests/test_btcvae.py).
 def mss_log_weights(batch_size, dataset_size):
     """log w_ij of eq. S6 for a batch of B = M + 1 samples (supp. B.2), (B, B) float64, rows sum to 1.
 
@@ -318,7 +149,10 @@ def mss_log_weights(batch_size, dataset_size):
     return w.log()                                        # (B, B); cast by the caller
     # END SOLUTION
 
-
+# MWS (eq. S4) is a loose lower bound whose VALUES are off by constants: log (1/(N M)) sum_j
+# q(z_i|n_j) = log (1/B) sum_j q(z_i|n_j) - log N, so its mi, tc, dwkl are the eq. 3 terms of
+# the batch taken as the whole data set plus log N, (D - 1) log N and -D log N; its gradients
+# are what training needs. The MI, TC and dimension-wise KL to report are metrics.json's.
 def log_qz_mws(mat, dataset_size):
     """eq. S4 (supp. B.1) for rows of the batch: M = B, the batch including n_i itself.
 
@@ -333,7 +167,6 @@ def log_qz_mws(mat, dataset_size):
     return torch.logsumexp(mat.sum(dim=2), dim=1) - log_nm, torch.logsumexp(mat, dim=1) - log_nm
     # END SOLUTION
 
-
 def log_qz_mss(mat, log_w):
     """eq. S6 (supp. B.2) for rows of the batch, with weights from `mss_log_weights`.
 
@@ -347,9 +180,7 @@ def log_qz_mss(mat, log_w):
     return torch.logsumexp(log_w + mat.sum(dim=2), dim=1), torch.logsumexp(log_w.unsqueeze(2) + mat, dim=1)
     # END SOLUTION
 
-
 _CPU_BLOCK_ELEMENTS = 1 << 20  # elements of one (rows, B, D) block of log_qz_matrix on a CPU
-
 
 def decompose_kl(z, mu, logvar, dataset_size, estimator="mws"):
     """eq. 3 per sample of the batch, log q(z) and log q(z_d) estimated from the batch.
@@ -394,7 +225,6 @@ def decompose_kl(z, mu, logvar, dataset_size, estimator="mws"):
     )
     # END SOLUTION
 
-
 def btcvae_loss(x, x_logits, z, mu, logvar, dataset_size, alpha=1.0, beta=6.0, gamma=1.0,
                 estimator="mws"):
     """The loss to minimise (the negative of eq. 5's objective) and its terms.
@@ -414,9 +244,13 @@ def btcvae_loss(x, x_logits, z, mu, logvar, dataset_size, alpha=1.0, beta=6.0, g
     batch = x.shape[0]
     # -E_q[log p(x|z)] with Bernoulli p: cross-entropy summed over pixels and channels,
     # averaged over the batch (eq. 5's first term, negated).
-    recon = F.binary_cross_entropy_with_logits(x_logits, x, reduction="sum") / batch
+    # DEVIATION: BCE on the decoder's logits (the paper: sigmoid mean + Bernoulli): the same
+    # value, numerically stable.
+    recon = F.binary_cross_entropy_with_logits(x_logits, x, reduction="sum") / batch  # eq. 5, 1st term, negated
     kl_units = kl_normal(mu, logvar).mean(dim=0)                 # (D,) closed form, for logging
     if estimator is None:
+        # NOTE: eq. 2 with the one-sample KL estimate log q(z|x) - log p(z) = mi + tc + dwkl, as
+        # the authors' code does, so eq. 2 is exactly eq. 5 with alpha = beta = gamma = B.
         one_sample_kl = (log_density_gaussian(z, mu, logvar) - log_density_gaussian(
             z, torch.zeros_like(z), torch.zeros_like(z))).sum(dim=1)  # (B,) log q(z|x) - log p(z)
         nan = recon.new_tensor(float("nan"))
@@ -431,83 +265,132 @@ def btcvae_loss(x, x_logits, z, mu, logvar, dataset_size, alpha=1.0, beta=6.0, g
     return dict(loss=loss, recon=recon, mi=mi, tc=tc, dwkl=dwkl, kl=kl_units.sum(), kl_units=kl_units)
     # END SOLUTION
 
-
 # ---------------------------------------------------------------------------
 # Training loop
 # ---------------------------------------------------------------------------
 
-def load_dataset(cfg, split):
-    return data.load_for(cfg, split)
-
-
-def build_model(cfg, image_size):
-    return BetaTCVAE(image_size, cfg["cont"], cfg["arch"])
+def train(model, optimizer, ds, cfg, step, total, log, device):
+    """Minimise eq. 5 (or eq. 1 / eq. 2) from update `step` to `total` (or until `log` says
+    stop); returns the step reached. N of eq. S4 / S6 is the training set's size."""
+    # DEVIATION: batches are slices of a per-epoch permutation, as in the authors' DataLoader;
+    # eq. S3 assumes the batch's other indices i.i.d. from p(n) (negligible for B << N).
+    batches = data.batches(ds, cfg["batch_size"], seed=cfg["seed"], start_step=step)  # a function of (seed, step)
+    model.train()
+    while step < total:
+        _, x = next(batches)                                  # (B, C, H, W) in [0, 1]
+        x = x.to(device, non_blocking=True)
+        step += 1
+        out = model(x)
+        terms = btcvae_loss(x, out["x_logits"], out["z"], out["mu"], out["logvar"], len(ds),
+                            cfg["alpha"], cfg["beta"], cfg["gamma"], cfg["estimator"])
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+        mean = {k: terms[k] for k in LOGGED}
+        mean["kl_z"] = terms["kl_units"]
+        if log.update(step, model, optimizer, mean):
+            break
+    return step
 
 
 LOGGED = ("loss", "recon", "mi", "tc", "dwkl", "kl")  # btcvae_loss's terms in log.csv, then kl_z<j>
 
 
 def log_columns(cfg):
-    return ["step", *LOGGED] + [f"kl_z{j}" for j in range(cfg["cont"])] + ["seconds", "img_per_s"]
-
-
-def train(cfg, device, argv=()):
-    """Iteration-based training of eq. 5 (or eq. 1 / eq. 2), until done or --time-budget;
-    returns the model, the step reached, the run's config and whether training is finished."""
-    ds, total = runs.prepare_training(cfg, load_dataset)  # folder checked, data loaded, RNGs seeded
-    model = nets.place(build_model(cfg, ds.image_size), device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    step, window = runs.restore(cfg, model, optimizer, "btcvae") if cfg["resume"] else (0, None)
-    cfg = runs.save_config(cfg, iterations_total=total, objective=objective_name(cfg), train_size=len(ds))
-    print(f"{cfg['objective']} with the {cfg['estimator'].upper()} estimator on {cfg['dataset']} "
-          f"({len(ds)} images {ds.image_size}), {total} iterations, {nets.count_parameters(model)} "
-          f"parameters ({cfg['arch']}), device {device}")
-
-    stream = data.batches(ds, cfg["batch_size"], seed=cfg["seed"], start_step=step)
-    model.train()
-    with runs.TrainLog(cfg, log_columns(cfg), step, total, device, window, "btcvae", argv,
-                       nan_hint="lower --lr or --beta, or check the input data") as log:
-        while step < total:
-            _, x = next(stream)                               # (B, C, H, W) in [0, 1]
-            x = x.to(device, non_blocking=True)
-            step += 1
-            out_ = model(x)
-            terms = btcvae_loss(x, out_["x_logits"], out_["z"], out_["mu"], out_["logvar"], len(ds),
-                                cfg["alpha"], cfg["beta"], cfg["gamma"], cfg["estimator"])
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
-            # Accumulate on the device; the host reads them once per --log-every.
-            log.add(torch.cat([torch.stack([terms[k].detach() for k in LOGGED]), terms["kl_units"].detach()]),
-                    terms["loss"])                                    # (6 + D,)
-            if log.due(step):
-                values, _ = log.read()
-                log.write(step, values, x.shape[0], loss=values[0], recon=values[1], tc=values[3], kl=values[5])
-            if log.end_step(step, model, optimizer):
-                break
-    return model, step, cfg, log.finish(step)
+    return [*LOGGED] + [f"kl_z{j}" for j in range(cfg["cont"])]
 
 
 # ---------------------------------------------------------------------------
-# Evaluation and figures
+# Evaluation: eq. 3 over the whole data set, metrics and figures
 # ---------------------------------------------------------------------------
 
-def log_aggregate_posterior(z, mu, logvar, **chunks):
+def log_aggregate_posterior(z, mu, logvar, query_chunk=32, chunk=512):
     """Exact log q(z) and log q(z_d) of the aggregate posterior q(z) = (1/N) sum_n q(z|n).
 
     z (Q, D) query points; mu, logvar (N, D) ALL N posteriors (no minibatch estimate).
-    Returns log_qz (Q,) = logsumexp_n sum_d log q(z_d|n) - log N and log_qzd (Q, D) =
-    logsumexp_n log q(z_d|n) - log N, float64. That is Q * N * D Gaussian densities (7.4e10
-    for Q = 10,000 against dSprites' N = 737,280, D = 10), so it runs in
-    metrics.log_gaussian_mixture, a cache-blocked CPU kernel of exactly these two sums.
+    Returns, in float64,
+        log_qz  (Q,)   = logsumexp_n sum_d log q(z_d|n) - log N
+        log_qzd (Q, D) = logsumexp_n log q(z_d|n) - log N.
+    The N components are taken `chunk` at a time and the chunks' logsumexps combined with
+    logaddexp, so memory stays at query_chunk x chunk x D. This is the definition; the
+    evaluation runs `log_aggregate_posterior_fast`, the same sums organised for a CPU.
     """
-    return metrics.log_gaussian_mixture(z, mu, logvar, **chunks)
+    q, d = z.shape
+    log_qz = torch.full((q,), -math.inf, dtype=torch.float64)                # (Q,)
+    log_qzd = torch.full((q, d), -math.inf, dtype=torch.float64)             # (Q, D)
+    for i in range(0, q, query_chunk):
+        zi = z[i:i + query_chunk].unsqueeze(1)                               # (Qc, 1, D)
+        for n0 in range(0, mu.shape[0], chunk):
+            lq = log_density_gaussian(zi, mu[n0:n0 + chunk], logvar[n0:n0 + chunk])  # (Qc, Nc, D) log q(z_d|n)
+            log_qz[i:i + query_chunk] = torch.logaddexp(log_qz[i:i + query_chunk],
+                                                        torch.logsumexp(lq.sum(dim=2), dim=1).double())
+            log_qzd[i:i + query_chunk] = torch.logaddexp(log_qzd[i:i + query_chunk],
+                                                         torch.logsumexp(lq, dim=1).double())
+    log_n = math.log(mu.shape[0])
+    return log_qz - log_n, log_qzd - log_n
+
+
+# The fast form of the same two sums. exp(a) = 2^(a log2 e): torch's exp2 is ~3x faster than
+# exp on CPUs. 2^x below x = -125 is a float32 subnormal; clamping there adds at most N * 2^-125
+# to a sum that is kept only above e^-50 (else the row is recomputed exactly).
+LOG2_E = 1.0 / math.log(2.0)
+_EXP2_FLOOR, _FALLBACK_LOG_SUM = -125.0, -50.0
+
+
+def log_aggregate_posterior_fast(z, mu, logvar, query_chunk=64, component_chunk=512, progress=None):
+    """`log_aggregate_posterior` as a cache-blocked CPU kernel (tests/test_btcvae.py checks
+    that they agree; benchmarks/aggregate_posterior.py times both: ~7-10x faster).
+
+    Blocks of (D, query_chunk, component_chunk) float32 stay in cache; each element costs two
+    fused multiply-adds, a clamp and one exp2; the joint exponent is the sum over d of the
+    per-dimension exponents already in the block. Every exponent is shifted by its upper
+    bound max_n -1/2 (log 2pi + logvar_nd), so no max pass is needed and nothing overflows.
+    progress(n) is called after each block of n query points.
+    """
+    z = z.detach().float()                                        # (Q, D)
+    mu, logvar = mu.detach().float(), logvar.detach().float()     # (N, D)
+    q, d = z.shape
+    n = mu.shape[0]
+    inv_sd = torch.exp(-0.5 * logvar)                             # (N, D)
+    peak = -0.5 * (LOG_2PI + logvar)                              # (N, D) log q(mu_nd | n), the density's maximum
+    shift = peak.max(dim=0).values                                # (D,) >= every log q(z_d | n)
+    inv_sd_t = inv_sd.t().contiguous()                            # (D, N)
+    neg_b_t = (-mu * inv_sd).t().contiguous()                     # (D, N)  -mu / sigma
+    c_t = ((peak - shift) * LOG2_E).t().contiguous()              # (D, N)  <= 0, in bits
+    sums_d = torch.zeros(q, d, dtype=torch.float64)               # (Q, D) sum_n exp(log q(z_d|n) - shift_d)
+    sums = torch.zeros(q, dtype=torch.float64)                    # (Q,)   sum_n exp(log q(z|n) - sum_d shift_d)
+    block = torch.empty(d, query_chunk, component_chunk)          # (D, Qc, Nc) reused buffer
+    joint = torch.empty(query_chunk, component_chunk)             # (Qc, Nc)
+    for q0 in range(0, q, query_chunk):
+        qc = min(query_chunk, q - q0)
+        zq = z[q0:q0 + qc].t().contiguous().unsqueeze(2)          # (D, Qc, 1)
+        for n0 in range(0, n, component_chunk):
+            n1 = min(n0 + component_chunk, n)
+            a = block[:, :qc, :n1 - n0]                           # (D, Qc, Nc)
+            j = joint[:qc, :n1 - n0]                              # (Qc, Nc)
+            # t = (z - mu) / sigma, then (log q(z_d|n) - shift_d) * log2 e = c - t^2 log2(e) / 2
+            torch.addcmul(neg_b_t[:, None, n0:n1], zq, inv_sd_t[:, None, n0:n1], out=a)
+            torch.addcmul(c_t[:, None, n0:n1], a, a, value=-0.5 * LOG2_E, out=a)
+            torch.sum(a, dim=0, out=j)                            # joint exponent: sum over d
+            a.clamp_min_(_EXP2_FLOOR).exp2_()                     # q(z_d|n) / e^shift_d
+            sums_d[q0:q0 + qc] += a.sum(dim=2).t().double()
+            j.clamp_min_(_EXP2_FLOOR).exp2_()                     # q(z|n) / e^(sum_d shift_d)
+            sums[q0:q0 + qc] += j.sum(dim=1).double()
+        if progress is not None:
+            progress(qc)
+    log_n = math.log(n)
+    log_qzd = shift.double() + sums_d.log() - log_n               # (Q, D)
+    log_qz = shift.double().sum() + sums.log() - log_n            # (Q,)
+    bad = ~(sums_d.log() > _FALLBACK_LOG_SUM).all(dim=1) | ~(sums.log() > _FALLBACK_LOG_SUM)  # (Q,)
+    for i in torch.nonzero(bad).flatten().tolist():               # far below the bound: exactly, in float64
+        exact = log_aggregate_posterior(z[i:i + 1].double(), mu.double(), logvar.double())
+        log_qz[i], log_qzd[i] = exact[0][0], exact[1][0]
+    return log_qz, log_qzd
 
 
 def _mean_se(v):
     """Mean of per-sample values v (Q,) and its standard error std / sqrt(Q)."""
     return float(v.mean()), float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
-
 
 def elbo_decomposition(mu, logvar, n_samples=10000, seed=0, progress=False):
     """eq. 3 over a whole data set: E_p(n) KL(q(z|n)||p(z)) = MI + TC + dimension-wise KL.
@@ -536,11 +419,14 @@ def elbo_decomposition(mu, logvar, n_samples=10000, seed=0, progress=False):
     z = mu[rows] + torch.exp(0.5 * logvar[rows]) * eps                    # (Q, D) z_s ~ q(z|n_s)
     t0 = time.perf_counter()
     bar = runs.progress(q, 0, not progress)
-    log_qz, log_qzd = log_aggregate_posterior(z, mu, logvar, progress=bar.update)  # (Q,), (Q, D)
+    log_qz, log_qzd = log_aggregate_posterior_fast(z, mu, logvar, progress=bar.update)  # (Q,), (Q, D)
     bar.close()
     zd = z.double()
     log_qz_x = log_density_gaussian(zd, mu[rows].double(), logvar[rows].double()).sum(dim=1)   # (Q,)
     log_pzd = log_density_gaussian(zd, torch.zeros_like(zd), torch.zeros_like(zd))            # (Q, D)
+    # DEVIATION: every term is scored per sample with the same z, so their sum is a Monte Carlo
+    # estimate of the average KL (checked against the closed form: kl_gap_in_se); the authors'
+    # elbo_decomposition.py takes E[log q(z|x)] and E[log p(z)] in closed form.
     per = dict(mi=log_qz_x - log_qz,                                      # (Q,) eq. 3 (i)
                tc=log_qz - log_qzd.sum(dim=1),                            # (Q,) eq. 3 (ii)
                dwkl=log_qzd.sum(dim=1) - log_pzd.sum(dim=1))              # (Q,) eq. 3 (iii)
@@ -555,18 +441,20 @@ def elbo_decomposition(mu, logvar, n_samples=10000, seed=0, progress=False):
     res["samples"] = dict(rows=rows, z=z, log_qz_x=log_qz_x, log_pz=log_pzd.sum(dim=1), **per)
     return res
 
-
 def encode_dataset(model, ds, indices, device, batch_size=512):
     """Posterior parameters of every indexed image: mu, logvar (N, D)."""
     model.eval()
-    return metrics.encode_batches(model.encode, ds, indices, device, batch_size)  # (N, D), (N, D)
+    return scoring.encode_batches(model.encode, ds, indices, device, batch_size)  # (N, D), (N, D)
 
 
 @torch.no_grad()
-def evaluate(model, cfg, device, step, log_path=None):
-    """Encode the evaluation split (or a subset), decompose eq. 3 over the training set
-    (or the same-sized subset of it), and write metrics.json and the figures."""
-    out, ds, indices, t0 = runs.eval_data(cfg, load_dataset)                  # indices (N,)
+def evaluate(model, cfg, device, step, out, log_path=None):
+    """Encode the evaluation split (or --eval-samples of it), decompose eq. 3 over the
+    training set (or the same-sized subset of it), and write metrics.json and the figures
+    into `out`. NOTE: the codes are posterior means (MIG, FactorVAE score, figures)."""
+    t0 = time.perf_counter()
+    ds = data.load_for(cfg, cfg["eval_split"])
+    indices = scoring.eval_indices(len(ds), cfg["eval_samples"], cfg["seed"])  # (N,)
     mu, logvar = encode_dataset(model, ds, indices, device, cfg["eval_batch_size"])
     reasons, kl_units = {}, metrics.kl_per_unit(mu, logvar)        # kl_units (D,) nats
     res = dict(method="btcvae", objective=objective_name(cfg), estimator=cfg["estimator"],
@@ -574,13 +462,13 @@ def evaluate(model, cfg, device, step, log_path=None):
                kl_per_unit=[float(v) for v in kl_units], kl_total=float(np.sum(kl_units)),
                active_units=int(np.sum(kl_units >= metrics.PRUNE_THRESHOLD)))
     # nats per image, summed over pixels, z = posterior mean (eval mode)
-    res["recon_eval"] = float(metrics.bernoulli_nll(lambda x, i: model(x)["x_logits"], ds, indices[:2048], device,
+    res["recon_eval"] = float(scoring.bernoulli_nll(lambda x, i: model(x)["x_logits"], ds, indices[:2048], device,
                                                     cfg["eval_batch_size"]).mean())
 
     def encode(idx):  # FactorVAE vote images, in large no-grad batches
         return encode_dataset(model, ds, idx, device, 4 * cfg["eval_batch_size"])[0], None
 
-    scores, mig_all = metrics.factor_scores(ds, indices, mu, logvar, kl_units, encode, cfg["metric_votes"],
+    scores, mig_all = scoring.factor_scores(ds, indices, mu, logvar, kl_units, encode, cfg["metric_votes"],
                                             cfg["seed"], reasons)
     res.update(scores, decomposition=None)
     if cfg["decomp_samples"] > 0:
@@ -588,18 +476,19 @@ def evaluate(model, cfg, device, step, log_path=None):
     else:
         reasons["decomposition"] = "skipped with --decomp-samples 0"
     res.update(null_reasons=reasons, eval_seconds=round(time.perf_counter() - t0, 2))
-    save_figures(model, cfg, ds, indices, mu, kl_units, device, log_path, res["decomposition"])
-    viz.save_factor_figures(out, mig_all, mu, ds, indices, data.SHAPE_NAMES if metrics.is_dsprites_grid(ds) else None)
+    save_figures(model, cfg, ds, indices, mu, kl_units, device, out, log_path, res["decomposition"])
+    viz.save_factor_figures(out, mig_all, mu, ds, indices, data.SHAPE_NAMES if scoring.is_dsprites_grid(ds) else None)
     runs.write_json(os.path.join(out, "metrics.json"), res)
     return res
 
-
 def _decompose(model, cfg, device, eval_ds, eval_indices, mu, logvar):
-    """eq. 3 over the training set (p(n) uniform over it), plus E[log p(x|z)] and the ELBO (eq. 1)."""
+    """eq. 3 over the training set (p(n) uniform over it), plus E[log p(x|z)] and the ELBO (eq. 1).
+    NOTE: with --eval-samples n it runs over that random subset of the training set (q(z) is
+    its aggregate posterior, MI <= log n; metrics.json records n_data)."""
     if cfg["train_split"] == cfg["eval_split"]:
         ds, indices = eval_ds, eval_indices                  # the same images: reuse the codes
     else:
-        ds = load_dataset(cfg, cfg["train_split"])
+        ds = data.load_for(cfg, cfg["train_split"])
         g = torch.Generator().manual_seed(cfg["seed"] + 2)
         n = len(ds) if cfg["eval_samples"] is None else min(cfg["eval_samples"], len(ds))
         indices = torch.randperm(len(ds), generator=g)[:n] if n < len(ds) else torch.arange(len(ds))
@@ -611,7 +500,7 @@ def _decompose(model, cfg, device, eval_ds, eval_indices, mu, logvar):
     s = res.pop("samples")
     # E_q[log p(x|z)] with the decomposition's own samples z_s ~ q(z|x_s), one per image.
     model.eval()
-    log_px = -metrics.bernoulli_nll(lambda x, i: model.decode(s["z"][i:i + len(x)].to(device)), ds,
+    log_px = -scoring.bernoulli_nll(lambda x, i: model.decode(s["z"][i:i + len(x)].to(device)), ds,
                                     indices[s["rows"]], device, cfg["eval_batch_size"])  # (Q,)
     res["split"] = cfg["train_split"]
     res["log_px"], res["log_px_se"] = _mean_se(log_px)
@@ -620,12 +509,10 @@ def _decompose(model, cfg, device, eval_ds, eval_indices, mu, logvar):
     res["kl_gap_in_se"] = (res["kl_mc"] - res["kl_analytic"]) / res["kl_mc_se"] if res["kl_mc_se"] > 0 else 0.0
     return res
 
-
-def save_figures(model, cfg, ds, indices, mu, kl_units, device, log_path=None, decomposition=None):
+def save_figures(model, cfg, ds, indices, mu, kl_units, device, out, log_path=None, decomposition=None):
     """Reconstructions, prior samples, traversals over (-2, 2) ranked by KL (Fig. 6) and the
     training curves of the eq. 3 terms, with the full-data values as dashed lines (the MI
     matrix behind MIG and supp. D's Fig. S4: viz.save_factor_figures)."""
-    out = cfg["out"]
     model.eval()
     decode = lambda latent: torch.sigmoid(model.decode(latent.to(device))).cpu()  # noqa: E731
     x = ds.batch(indices[:8]).to(device)                                            # (8, C, H, W)
@@ -654,31 +541,181 @@ def save_figures(model, cfg, ds, indices, mu, kl_units, device, log_path=None, d
                         ylabel="nats, batch mean", hlines=hl,
                         title=f"eq. 3 terms, {cfg['estimator'].upper()} batch estimates{shifted}")
 
-
-# ---------------------------------------------------------------------------
-# main
-# ---------------------------------------------------------------------------
-
-def load_model(cfg, device):
-    """--eval-only: the checkpoint's model and step; the architecture and the objective come
-    from the run that wrote it."""
-    ckpt, path, step = runs.load_for_eval(cfg, "btcvae", ("cont", "arch", "alpha", "beta", "gamma", "beta_vae",
-                                                          "estimator"))
-    print(f"from the checkpoint: --cont {cfg['cont']} --arch {cfg['arch']}")
-    model = build_model(cfg, load_dataset(cfg, cfg["eval_split"]).image_size)
+def load_for_evaluation(cfg, device):
+    """--eval-only / --pretrained: the checkpoint's model and step; the architecture and the
+    objective come from the run that wrote it."""
+    path = runs.checkpoint_path(cfg["checkpoint"])
+    ckpt = runs.load_checkpoint(path, "btcvae")
+    for key in TRAINED_WITH:                                  # the settings the weights were trained with
+        cfg[key] = ckpt["config"].get(key, cfg.get(key))
+    model = BetaTCVAE(data.load_for(cfg, cfg["eval_split"]).image_size, cfg["cont"], cfg["arch"])
     runs.load_state_dict(model, ckpt["model"], path)
-    return nets.place(model, device), step
+    return nets.place(model, device), int(ckpt["step"])
 
 
-def run(cfg, argv=()):
-    res = runs.run(cfg, argv, train, evaluate, load_model)
-    if res is not None and res.get("decomposition"):
-        runs.print_summary({f"decomp_{k}": v for k, v in res["decomposition"].items()})
-    return res
+# ---------------------------------------------------------------------------
+# Presets and arguments
+# ---------------------------------------------------------------------------
 
+# Chen et al. (2018), supp. H: "Adam with learning rate 0.001; batch size 2048 for dSprites,
+# 3D faces and 3D chairs; 1000 for CelebA"; Fig. 3: beta = 6 (4 for the beta-VAE baseline).
+# The paper prints no latent size or training length: the authors' vae_quant.py defaults.
+# DEVIATION: the training length counts updates, epochs * floor(N / B) of them (the authors'
+# DataLoader keeps the partial last batch; on dSprites 737,280 / 2048 = 360 exactly).
+# The authors' `--lambda-anneal` and `--beta-anneal`, which the paper does not describe, are
+# not offered.
+ALL = dict(lr=1e-3,                    # supp. H: Adam, learning rate 0.001
+           epochs=50,                    # vae_quant.py default --num-epochs 50 (dSprites: 18,000 updates)
+           alpha=1.0, gamma=1.0,         # sec. 3.2.1: alpha = gamma = 1, only beta tuned
+           estimator="mws")              # sec. 3.2 / supp. B.1 (MSS "performs similarly", Fig. S1)
+PRESETS = {
+    "shapes": dict(ALL,                    # dSprites protocol (sec. 6.1)
+        cont=10,                           # D = 10: vae_quant.py default --latent-dim 10
+        batch_size=2048, beta=6.0,         # supp. H: batch 2048 (dSprites); Fig. 3: beta = 6
+        arch="mlp"),                       # supp. H.1: the dSprites MLP (`--arch conv`: nets.py's conv net)
+    "faces": dict(ALL,                     # 3D faces (a folder of 64x64 grey renders)
+        cont=10, batch_size=2048,          # supp. H: batch 2048 (3D faces); D: vae_quant.py default
+        beta=6.0, arch="conv"),            # Fig. 3 (faces): beta = 6; supp. H.2 Fig. S15 too
+    "chairs": dict(ALL,                    # 3D chairs (a folder of 64x64 images), Fig. 6
+        cont=10, batch_size=2048,          # supp. H: batch 2048 (3D chairs); D: vae_quant.py default
+        beta=6.0, arch="conv"),            # ours: the paper gives no beta for Fig. 6; Fig. 3's 6
+    "celeba": dict(ALL,                    # CelebA (a folder of 64x64 RGB images), Fig. 7
+        cont=32,                           # ours: Fig. 7 finds "more than 10" attributes, so D > 10 (Dupont C.4: 32)
+        batch_size=1000,                   # supp. H: batch 1000 (CelebA)
+        beta=15.0, arch="conv"),           # supp. I.2: "beta-TCVAE model one (beta = 15)"
+    "mnist": dict(ALL,                     # ours: the paper has no MNIST experiment
+        cont=10, batch_size=64,            # the dSprites D; Dupont App. C.1's batch for this network
+        beta=6.0, arch="conv"),            # Fig. 3's beta = 6
+}
+PRESETS["dsprites"] = dict(PRESETS["shapes"])       # DeepMind's file: the same protocol
+PRESETS["fashion-mnist"] = dict(PRESETS["mnist"])   # ours, as for MNIST
+
+# The decomposition of eq. 3 is over the training set (p(n) is its empirical distribution);
+# MNIST-like sets report the other metrics on test data, the factor grids are one set.
+DATA_SOURCES = data.sources("mnist", "fashion-mnist", "dsprites", "shapes", "faces", "chairs", "celeba")
+
+DEFAULTS = dict(
+    dataset="shapes", cont=10, arch="conv", estimator="mws", alpha=1.0, beta=6.0, gamma=1.0, beta_vae=None,
+    lr=1e-3, batch_size=2048, epochs=50, iterations=None, save_every=1000, decomp_samples=10000,
+    **runs.RUN_DEFAULTS,
+)
+PRESET_SOURCES = {"lr": "supp. H", "batch_size": "supp. H", "alpha": "sec. 3.2.1", "gamma": "sec. 3.2.1",
+                  "beta": "Fig. 3 (CelebA: supp. I.2)", "estimator": "supp. B.1", "arch": "supp. H.1",
+                  "cont": "authors' vae_quant.py default", "epochs": "authors' vae_quant.py default"}
+# The settings of a trained model that --eval-only takes from its checkpoint.
+TRAINED_WITH = ("cont", "arch", "alpha", "beta", "gamma", "beta_vae", "estimator", "lr", "batch_size", "epochs",
+                "iterations", "train_split")
+
+
+def build_parser(dataset="shapes"):
+    p = runs.parser("btcvae.py", "beta-TCVAE (Chen et al. 2018): train or evaluate. Defaults shown are the "
+                    f"preset for --dataset {dataset} (supp. H where the paper gives them); flags override.")
+    p.add_argument("--dataset", choices=sorted(DATA_SOURCES), help="selects data and preset (default shapes)")
+    p.add_argument("--cont", type=int, help="number of latent units D")
+    p.add_argument("--arch", choices=["conv", "mlp"], help="conv: the shared nets.py network; mlp: supp. H.1")
+    p.add_argument("--estimator", choices=["mws", "mss"], help="log q(z) from the batch: supp. B.1 (mws) or B.2 (mss)")
+    p.add_argument("--alpha", type=float, help="weight of the index-code MI in eq. 5")
+    p.add_argument("--beta", type=float, help="weight of the total correlation in eq. 5")
+    p.add_argument("--gamma", type=float, help="weight of the dimension-wise KL in eq. 5")
+    p.add_argument("--beta-vae", type=float, metavar="B", help="baseline: beta-VAE eq. 2 = eq. 5 with alpha = beta = gamma = B")
+    p.add_argument("--lr", type=float, help="Adam learning rate")
+    p.add_argument("--batch-size", type=int, help="images per update")
+    p.add_argument("--epochs", type=float, help="training length in epochs")
+    p.add_argument("--iterations", type=int, help="training length in updates (overrides --epochs)")
+    p.add_argument("--decomp-samples", type=int, help="z samples of the full-data decomposition, each scored "
+                                                      "against all N posteriors (0 skips it)")
+    runs.add_run_flags(p, "btcvae", "data folder (torchvision layout), or the image folder for faces/chairs/celeba")
+    if dataset in PRESETS:  # --help shows this data set's preset value of each flag and its source
+        runs.show_defaults(p, DEFAULTS, PRESETS[dataset],
+                           {k: PRESET_SOURCES.get(k, "ours (see PRESETS)") for k in PRESETS[dataset]})
+    return p
+
+def make_config(argv=None):
+    """DEFAULTS <- PRESETS[dataset] <- the flags given; on --resume, the run's own config
+    <- the flags that only change how it goes on. Validated before anything is written."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    flags = vars(build_parser(runs.dataset_of(argv, DEFAULTS["dataset"])).parse_args(argv))
+    if flags.get("beta_vae") is not None and {"alpha", "beta", "gamma"} & set(flags):
+        raise ValueError("--beta-vae B sets alpha = beta = gamma = B; drop "
+                         + " ".join(f"--{k}" for k in ("alpha", "beta", "gamma") if k in flags) + ".")
+    if "resume" in flags:
+        stored = runs.stored_config(flags, "btcvae")
+        cfg = runs.resumed_config(stored, flags, DEFAULTS, DATA_SOURCES, "btcvae", flags.get("force_resume", False))
+    else:
+        cfg = runs.new_config(flags, "btcvae", DEFAULTS, PRESETS, DATA_SOURCES)
+        runs.use_pretrained(cfg, "betavae" if cfg["beta_vae"] is not None else "btcvae")
+    if cfg.get("beta_vae") is not None:                       # eq. 2 = eq. 5 with alpha = beta = gamma = B
+        cfg["alpha"] = cfg["beta"] = cfg["gamma"] = float(cfg["beta_vae"])
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg):
+    """One ValueError sentence per bad flag combination."""
+    runs.validate_run_flags(cfg, ('alpha', 'beta', 'gamma', 'beta_vae'))
+    bad = next((name for name in ("alpha", "beta", "gamma") if cfg[name] < 0), None)
+    runs.first_error(
+        (cfg["cont"] < 1, f"--cont {cfg['cont']}: need at least one latent unit."),
+        ((cfg.get("beta_vae") or 0) < 0, f"--beta-vae {cfg.get('beta_vae')} is negative; eq. 2 needs beta >= 0."),
+        (bad is not None, f"--{bad} {cfg.get(bad)} is negative; eq. 5 penalises each term with a weight >= 0."),
+        (cfg["estimator"] == "mss" and cfg["batch_size"] < 2,
+         "--estimator mss needs --batch-size >= 2: eq. S6 weighs the other M = B - 1 samples."),
+        (cfg["decomp_samples"] < 0, "--decomp-samples must be >= 0 (0 skips the full-data decomposition)."))
+
+def objective_name(cfg):
+    """Which equation of the paper the flags select (printed and saved with the run)."""
+    a, b, g = cfg["alpha"], cfg["beta"], cfg["gamma"]
+    if cfg.get("beta_vae") is not None or (a == b == g and a != 1.0):
+        return f"eq. 2 (beta-VAE, beta = {b:g})"
+    if a == b == g == 1.0:
+        return "eq. 1 (ELBO, plain VAE)"
+    return f"eq. 5 (beta-TCVAE, alpha = {a:g}, beta = {b:g}, gamma = {g:g})"
+
+# ---------------------------------------------------------------------------
+# main: parse, data, model, optimiser, restore, train, evaluate, save
+# ---------------------------------------------------------------------------
 
 def main(argv=None):
-    return runs.main("btcvae.py", make_config, run, argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with runs.errors_as_sentences("btcvae.py"):
+        cfg = make_config(argv)
+        device = nets.to_device(cfg["device"])
+        if cfg["eval_only"]:                                  # --eval-only / --pretrained: no training
+            runs.check_eval_folder(cfg, "btcvae")
+            model, step = load_for_evaluation(cfg, device)
+            print("config (the checkpoint's own settings):\n" + runs.format_config(cfg))
+            with runs.staged_evaluation(cfg, "btcvae", eval_config=cfg) as out:
+                res = evaluate(model, cfg, device, step, out)
+            return report(res, cfg)
+        print("config:\n" + runs.format_config(cfg))
+        runs.check_out_dir(cfg["out"], new_run=not cfg["resume"], overwrite=cfg["overwrite"])
+        ds = data.load_for(cfg, cfg["train_split"])
+        total = runs.num_iterations(cfg, len(ds))
+        runs.seed_everything(cfg["seed"])
+        model = nets.place(BetaTCVAE(ds.image_size, cfg["cont"], cfg["arch"]), device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+        runs.open_run_folder(cfg)                             # locked; --overwrite clears the old run now
+        step, window = runs.restore(cfg, model, optimizer, "btcvae", total) if cfg["resume"] else (0, None)
+        cfg = runs.save_config(cfg, iterations_total=total, objective=objective_name(cfg), train_size=len(ds))
+        print(f"{cfg['objective']} with the {cfg['estimator'].upper()} estimator on {cfg['dataset']} "
+              f"({len(ds)} images {ds.image_size}), {total} updates, {nets.count_parameters(model)} "
+              f"parameters ({cfg['arch']}), device {device}, run folder {cfg['out']}")
+        with runs.TrainLog(cfg, log_columns(cfg), step, total, device, "btcvae", window, argv,
+                           nan_hint="lower --lr or --beta, or check the input data") as log:
+            step = train(model, optimizer, ds, cfg, step, total, log, device)
+        if not log.finish() or cfg["no_eval"]:
+            return None
+        with runs.staged_evaluation(cfg, "btcvae") as out:
+            res = evaluate(model, cfg, device, step, out, log_path=os.path.join(cfg["out"], "log.csv"))
+        return report(res, cfg)
+
+
+def report(res, cfg):
+    """Print the results, the full-data decomposition's terms among them."""
+    runs.print_summary(res)
+    if res.get("decomposition"):
+        runs.print_summary({f"decomp_{k}": v for k, v in res["decomposition"].items()}, cfg["out"])
+    return res
 
 
 if __name__ == "__main__":

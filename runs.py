@@ -1,25 +1,32 @@
-"""Run folders: config merging, seeding, checkpoints with RNG state, exact resume, time budgets.
+"""Run folders: configs, exact resume, time budgets, one writer per folder.
 
-Plumbing shared by jointvae.py, btcvae.py and cascadevae.py that touches no equation of
-the papers: the config (DEFAULTS <- PRESETS <- flags, make_config), the flags every script
-has and --help's preset values, the steps around each script's training loop
-(prepare_training, TrainLog) and its --eval-only loading (load_for_eval, run). A run
-folder holds config.json, log.csv, checkpoint.pt (model, optimiser, step, config, every
-RNG state and the unfinished log window), metrics.json and figures.
+A library of plain functions that the three method files call by name from their own
+`main()`; nothing here calls back into a method file and nothing here touches an
+equation. A run folder holds config.json, log.csv, checkpoint.pt (model, optimiser,
+step, config, every RNG state and the unfinished log window), and after evaluation
+metrics.json, the figures and eval_files.json (the list of what the evaluation wrote).
 
 The rules a user can rely on:
   * the folder you name is the folder that is written: `--resume DIR` reads and writes
     DIR, never the folder stored in the checkpoint;
-  * a new run never lands in a folder that holds a run, unless `--overwrite` (which
-    first removes the old run's files, so nothing stale stays beside the new one);
+  * one writer per folder: a run holds DIR/.lock (pid and host) for its whole life, and
+    a second run, a `--resume` or an `--overwrite` of a folder in use is refused; a lock
+    left by a dead process on this host is taken over;
+  * a new run never lands in a folder that holds a run, unless `--overwrite`, which
+    deletes the old run's files only once the new run is known to start;
+  * an evaluation replaces only the files that the previous evaluation listed in
+    eval_files.json, and only once its own results are complete (it writes into a
+    staging folder first); nothing is deleted by pattern;
   * on `--resume`, flags that only change how the run goes on are applied, a new
     learning rate is applied and recorded, and a flag that changes the model, the data or
     the objective is refused (or, with `--force-resume`, applied and recorded);
-  * every write of a checkpoint, config or log rewrite is atomic (temp file +
-    os.replace): a crash or a full disk leaves the previous file intact.
+  * every file is written atomically (a per-process temp file, fsync, os.replace): a
+    crash or a full disk leaves the previous file intact and no temp file behind.
 """
 
 import argparse
+import contextlib
+import copy
 import csv
 import io
 import json
@@ -27,7 +34,9 @@ import math
 import os
 import random
 import shlex
+import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -35,13 +44,10 @@ import time
 import numpy as np
 import torch
 
-import metrics
-import nets
-
 # Files that make a folder "a run": a new run refuses to start beside them.
-RUN_FILES = ("checkpoint.pt", "log.csv", "metrics.json", "config.json")
-# Files a run writes that --overwrite removes with them (figures are *.png).
-STALE_FILES = RUN_FILES + ("checkpoint.pt.tmp", "stdout.log", "reproduce.json", "eval_config.json")
+RUN_FILES = ("checkpoint.pt", "log.csv", "config.json", "metrics.json")
+# What `--overwrite` deletes of the old run (its evaluation files come from eval_files.json).
+OLD_RUN_FILES = ("checkpoint.pt", "log.csv", "config.json", "metrics.json", "eval_config.json", "eval_files.json")
 
 # Flags that change only how a resumed run goes on (length, logging, hardware, evaluation):
 # applied on --resume. Every other key changes the model, the data or the objective.
@@ -52,13 +58,11 @@ CONTINUE_KEYS = frozenset({
     "decomp_samples", "pretrained", "weights_dir", "traversal_range",
 })
 
-
 # Flags that hold for one invocation only: a resume does not inherit them from the run.
 PER_INVOCATION = frozenset({"time_budget", "overwrite", "force_resume", "resume", "checkpoint", "eval_only",
                             "pretrained", "weights_dir"})
 
-# The defaults of the flags add_run_flags defines (a script's DEFAULTS add its own, and
-# save_every, whose default depends on the run's length).
+# The defaults of the flags add_run_flags defines (a script's DEFAULTS add its own).
 RUN_DEFAULTS = dict(
     data_dir="data", download=True, train_split=None, eval_split=None, seed=0, device="auto", out=None,
     log_every=100, eval_samples=None, eval_batch_size=512, metric_votes=800, eval_only=False, checkpoint=None,
@@ -66,9 +70,32 @@ RUN_DEFAULTS = dict(
     pretrained=False, weights_dir=None,
 )
 
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "weights")
+
 
 class RunError(RuntimeError):
-    """A problem with a run folder or checkpoint, said in one sentence."""
+    """A problem with a run folder, a checkpoint or a flag, said in one sentence."""
+
+
+class Stopped(RuntimeError):
+    """A stop signal arrived outside the training loop (during evaluation)."""
+
+
+# ---------------------------------------------------------------------------
+# One sentence per failure
+# ---------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def errors_as_sentences(prog):
+    """Around a script's main(): every expected failure becomes one line on stderr and
+    exit status 2 (no traceback)."""
+    try:
+        yield
+    except (ValueError, OSError, FloatingPointError, RunError, OverflowError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2)
+    finally:
+        release_locks()
 
 
 # ---------------------------------------------------------------------------
@@ -105,7 +132,43 @@ def _as_tuple(x):
 
 
 # ---------------------------------------------------------------------------
-# Checkpoints
+# Atomic files
+# ---------------------------------------------------------------------------
+
+def _atomic_write(path, write, binary=False):
+    """write(f) into a temp file unique to this process, fsync, then os.replace: the old
+    file stays whole until the new one is complete. Any failure (a full disk: OSError,
+    or torch.save's RuntimeError) is one sentence and leaves no temp file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb" if binary else "w", newline=None if binary else "") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0][:120]
+        raise RunError(f"could not write {path} ({reason}); the previous file is kept — "
+                       "free some disk space or choose another --out.") from None
+
+
+def write_json(path, obj):
+    _atomic_write(path, lambda f: json.dump(obj, f, indent=2))
+
+
+def read_json(path, what="file"):
+    """A JSON file, or one sentence naming it."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as err:
+        raise RunError(f"could not read {path} ({type(err).__name__}); the {what} is missing or corrupt.") from None
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints: written atomically, read with every field checked
 # ---------------------------------------------------------------------------
 
 def checkpoint_path(path):
@@ -118,8 +181,8 @@ def run_dir_of(path):
 
 
 def load_checkpoint(path, method=None):
-    """torch.load(weights_only=True) of a checkpoint file; with `method`, check it is one of
-    that script's training checkpoints. Raises one-sentence FileNotFoundError / RunError."""
+    """torch.load(weights_only=True) of a checkpoint file; with `method`, check that it is a
+    training checkpoint of that script with well-formed fields."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist; pass a checkpoint.pt file or a run folder.")
     try:
@@ -137,29 +200,80 @@ def check_training_checkpoint(ckpt, path, method):
         raise RunError(f"{path} is not a {method}.py training checkpoint (it has no model/config/step).")
     stored = ckpt.get("method") or _method_from_config(ckpt["config"])
     if stored is not None and stored != method:
-        raise RunError(f"{path} was written by {stored}.py, not {method}.py; "
-                       f"use python {stored}.py with it.")
+        raise RunError(f"{path} was written by {stored}.py, not {method}.py; use python {stored}.py with it.")
+    bad = _bad_field(ckpt)
+    if bad:
+        raise RunError(f"{path} has a bad field {bad}; the checkpoint is damaged — use another one.")
+
+
+def _bad_field(ckpt):
+    """The first malformed field of a training checkpoint, as 'name (why)', or None."""
+    cfg, step = ckpt["config"], ckpt["step"]
+    if not isinstance(cfg, dict):
+        return "config (not a mapping)"
+    if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        return "model (not a state_dict of tensors)"
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"step ({step!r} is not an integer >= 0)"
+    for key in ("seed", "batch_size", "log_every", "save_every"):
+        value = cfg.get(key)
+        if key in cfg and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            return f"config.{key} ({value!r} is not an integer >= 0)"
+    for key in ("iterations", "iterations_total"):
+        value = cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            return f"config.{key} ({value!r} is not an integer >= 0)"
+    if cfg.get("iterations_total") is not None and step > cfg["iterations_total"]:
+        return f"step ({step} is past the run's {cfg['iterations_total']} updates)"
+    dataset = cfg.get("dataset")
+    if dataset is not None and (not isinstance(dataset, str) or os.sep in dataset or dataset.startswith(".")):
+        return f"config.dataset ({dataset!r})"
+    for key in ("cont", "disc"):
+        value = cfg.get(key)
+        values = value if isinstance(value, list) else [value]
+        if key in cfg and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+            return f"config.{key} ({value!r} is not a size)"
+    rng = ckpt.get("rng")
+    if rng is not None:
+        if not (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor)
+                and isinstance(rng.get("numpy"), torch.Tensor) and rng["numpy"].numel() == 624
+                and isinstance(rng.get("python"), (list, tuple))):
+            return "rng (not the RNG states this code saves)"
+    window = ckpt.get("log_window")
+    if window is not None:
+        sums = window.get("sums") if isinstance(window, dict) else None
+        if not isinstance(window, dict) or not (sums is None or isinstance(sums, torch.Tensor)) \
+                or not isinstance(window.get("n", 0), int):
+            return "log_window (not a log window)"
+    return None
 
 
 def _method_from_config(cfg):
     """Checkpoints written before the `method` key: tell the scripts apart by their keys."""
     if not isinstance(cfg, dict):
         return None
-    if "c_cont" in cfg:
-        return "jointvae"
-    if "beta_h" in cfg:
-        return "cascadevae"
-    if "estimator" in cfg:
-        return "btcvae"
+    for key, method in (("c_cont", "jointvae"), ("beta_h", "cascadevae"), ("estimator", "btcvae")):
+        if key in cfg:
+            return method
     return None
 
 
-def save_checkpoint(path, model, optimizer, step, cfg, method, log_window=None):
-    """Atomic write: a crash or a full disk mid-save leaves the previous checkpoint intact
-    and no .tmp behind."""
-    state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), step=int(step),
-                 config=cfg, rng=rng_state(), method=method, log_window=log_window)
+def checkpoint_state(model, optimizer, step, cfg, method, log_window=None):
+    """Everything exact resume needs, copied to the CPU (the live tensors keep training)."""
+    return copy.deepcopy(dict(model={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                              optimizer=optimizer.state_dict(), step=int(step), config=cfg, rng=rng_state(),
+                              method=method, log_window=log_window))
+
+
+def save_checkpoint(path, state):
     _atomic_write(path, lambda f: torch.save(state, f), binary=True)
+
+
+def all_finite(model, optimizer):
+    """Parameters and optimiser state hold no NaN or infinity (one host sync)."""
+    tensors = list(model.parameters()) + [v for s in optimizer.state.values() for v in s.values()
+                                          if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def load_state_dict(model, state, path):
@@ -174,264 +288,57 @@ def load_state_dict(model, state, path):
 
 
 # ---------------------------------------------------------------------------
-# Atomic files
+# Released weights: results/weights/<name>-<dataset>-s<seed>.pt, listed in manifest.json
+# (written by benchmarks/release.py)
 # ---------------------------------------------------------------------------
 
-def _atomic_write(path, write, binary=False):
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb" if binary else "w", newline=None if binary else "") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise RunError(f"could not write {path} ({err.strerror or err}); the previous file is kept — "
-                       "free some disk space or choose another --out.") from None
-
-
-def write_json(path, obj):
-    _atomic_write(path, lambda f: json.dump(obj, f, indent=2))
-
-
-def truncate_log(log_path, step):
-    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
-    if not os.path.exists(log_path):
-        return
-    with open(log_path, newline="") as f:
-        rows = list(csv.reader(f))
-    keep = rows[:1] + [r for r in rows[1:] if r and _row_step(r) <= step]
-    buf = io.StringIO()
-    csv.writer(buf).writerows(keep)
-    _atomic_write(log_path, lambda f: f.write(buf.getvalue()))
-
-
-# ---------------------------------------------------------------------------
-# Released weights: results/weights/<method>-<dataset>-s<seed>.pt and manifest.json
-# ---------------------------------------------------------------------------
-
-WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "weights")
-
-
-def use_pretrained(cfg, method, variant=None):
-    """--pretrained: evaluate the released weights of (dataset, seed) like --eval-only --checkpoint."""
-    if cfg.get("pretrained"):
-        cfg["checkpoint"] = pretrained_path(variant or method, cfg["dataset"], cfg["seed"],
-                                            cfg.get("weights_dir") or WEIGHTS_DIR)
-        cfg["eval_only"] = True
-        if cfg.get("out") is None:
-            cfg["out"] = os.path.join("runs", f"{method}-{cfg['dataset']}-pretrained-s{cfg['seed']}")
-
-
-def weights_name(method, dataset, seed):
-    """`method` is the script, or a named variant of it (btcvae.py --beta-vae: "betavae")."""
-    return f"{method}-{dataset}-s{seed}.pt"
+def weights_name(name, dataset, seed):
+    """`name` is the script, or a named variant of it (btcvae.py --beta-vae: "betavae")."""
+    return f"{name}-{dataset}-s{seed}.pt"
 
 
 def read_manifest(weights_dir=WEIGHTS_DIR):
+    """The manifest's entries, each checked: a malformed one is one sentence naming the field."""
     path = os.path.join(weights_dir, "manifest.json")
     if not os.path.isfile(path):
         return []
-    with open(path) as f:
-        return json.load(f)["weights"]
+    manifest = read_json(path, "manifest of released weights")
+    entries = manifest.get("weights") if isinstance(manifest, dict) else None
+    if not isinstance(entries, list):
+        raise RunError(f"{path} has no list 'weights'; the manifest is corrupt.")
+    for i, e in enumerate(entries):
+        for key, kind in (("file", str), ("name", str), ("method", str), ("dataset", str), ("seed", int)):
+            if not isinstance(e, dict) or not isinstance(e.get(key), kind) or isinstance(e.get(key), bool):
+                raise RunError(f"{path}: entry {i} has no valid '{key}'; the manifest is corrupt.")
+        if os.path.basename(e["file"]) != e["file"]:
+            raise RunError(f"{path}: entry {i} names a file outside {weights_dir} ({e['file']!r}).")
+    return entries
 
 
 def pretrained_path(name, dataset, seed, weights_dir=WEIGHTS_DIR):
-    """The released weights of (name, dataset, seed), or one sentence naming those that exist."""
-    path = os.path.join(weights_dir, weights_name(name, dataset, seed))
-    if os.path.isfile(path):
-        return path
-    have = [f"--dataset {e['dataset']} --seed {e['seed']}" for e in read_manifest(weights_dir) if e["name"] == name]
-    method = name
-    raise FileNotFoundError(f"no released {method}.py weights for --dataset {dataset} --seed {seed} in {weights_dir}; "
+    """The released weights of (name, dataset, seed): only what the manifest lists, or one
+    sentence naming those that exist."""
+    entries = read_manifest(weights_dir)
+    for e in entries:
+        if (e["name"], e["dataset"], e["seed"]) == (name, dataset, seed):
+            path = os.path.join(weights_dir, e["file"])
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"the manifest lists {e['file']} but {path} is missing; "
+                                        "restore it from the repository (git checkout -- results/weights).")
+            return path
+    have = [f"--dataset {e['dataset']} --seed {e['seed']}" for e in entries if e["name"] == name]
+    raise FileNotFoundError(f"no released {name} weights for --dataset {dataset} --seed {seed} in {weights_dir}; "
                             + (f"released: {', '.join(have)}." if have else "none are released yet."))
 
 
-def release(run_dir, method, weights_dir=WEIGHTS_DIR, name=None, **provenance):
-    """Write a finished run's model as float16 weights (with the config that rebuilds it)
-    and record it in manifest.json with the metrics its run measured, on which split, and
-    `provenance` (protocol, command, wall time, device)."""
-    ckpt = load_checkpoint(checkpoint_path(run_dir), method)
-    metrics_path = os.path.join(run_dir, "metrics.json")
-    if not os.path.isfile(metrics_path):
-        raise RunError(f"{run_dir} has no metrics.json: only finished, evaluated runs are released.")
-    with open(metrics_path) as f:
-        res = json.load(f)
-    cfg = ckpt["config"]
-    label = name or method
-    name = weights_name(label, cfg["dataset"], cfg["seed"])
-    os.makedirs(weights_dir, exist_ok=True)
-    # float16 halves the files; a test checks that the metrics survive the rounding.
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in ckpt["model"].items()}
-    keep = {k: v for k, v in cfg.items() if k not in ("resume", "resume_changes", "out", "checkpoint", "data_dir")}
-    _atomic_write(os.path.join(weights_dir, name),
-                  lambda f: torch.save(dict(model=state, config=keep, step=ckpt["step"], method=method), f),
-                  binary=True)
-    scalar = {k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    entry = dict(file=name, name=label, method=method, dataset=cfg["dataset"], seed=cfg["seed"],
-                 updates=int(ckpt["step"]), train_split=cfg.get("train_split"), eval_split=res.get("eval_split"),
-                 n_eval=res.get("n_eval"), metrics=scalar, **provenance)
-    entries = [e for e in read_manifest(weights_dir) if e["file"] != name] + [entry]
-    entries.sort(key=lambda e: (e["method"], e["dataset"], e["seed"]))
-    write_json(os.path.join(weights_dir, "manifest.json"), dict(
-        note="Released float16 weights of finished runs; metrics as measured by the run's own evaluation "
-             "(float32) on eval_split. Evaluate one with: python <method>.py --dataset D --seed S --pretrained.",
-        weights=entries))
-    return os.path.join(weights_dir, name), entry
-
-
 # ---------------------------------------------------------------------------
-# Run folders and configs
+# Configs: DEFAULTS <- PRESETS[dataset] <- flags; on --resume the run's own config
 # ---------------------------------------------------------------------------
-
-def _row_step(row):
-    """The step of a log row; a '# resumed at step N with ...' note belongs to step N."""
-    first = row[0]
-    if first.startswith("#"):
-        words = first.split()
-        return int(words[words.index("step") + 1]) if "step" in words else 0
-    return int(float(first))
-
-
-def read_log_rows(path):
-    """log.csv as a list of dicts, the '#' note rows left out."""
-    with open(path, newline="") as f:
-        return list(csv.DictReader(line for line in f if not line.startswith("#")))
-
-
-def prepare_training(cfg, load_dataset):
-    """What comes before a training run's model: its folder checked (a new run never
-    overwrites one), the training split loaded, the batch size checked against it and
-    every RNG seeded. -> (data set, the run's length in updates)."""
-    check_out_dir(cfg["out"], new_run=not cfg["resume"], overwrite=cfg["overwrite"])
-    ds = load_dataset(cfg, cfg["train_split"])
-    check_batch_size(cfg, len(ds))
-    seed_everything(cfg["seed"])
-    return ds, num_iterations(cfg, len(ds))
-
-
-def num_iterations(cfg, n_train):
-    """The run's length in updates: --iterations, else epochs * floor(N / B) (the partial
-    last batch of an epoch is dropped, see data.batches)."""
-    if cfg.get("iterations") is not None:
-        return int(cfg["iterations"])
-    return int(round(cfg["epochs"] * (n_train // cfg["batch_size"])))
-
-
-def check_batch_size(cfg, n_train):
-    if cfg["batch_size"] > n_train:
-        raise ValueError(f"--batch-size {cfg['batch_size']} exceeds the {n_train} training images.")
-
-
-def save_config(cfg, **derived):
-    """The run's config with the values training derives (length, objective, data size),
-    written atomically to OUT/config.json; returns it."""
-    cfg = dict(cfg, **derived)
-    os.makedirs(cfg["out"], exist_ok=True)
-    write_json(os.path.join(cfg["out"], "config.json"), cfg)
-    return cfg
-
-
-def check_out_dir(out, new_run, overwrite=False, evaluation=False):
-    """Before anything is written: the folder can be used, and a new run never lands on an
-    old one (unless --overwrite, which removes the old run's files first)."""
-    probe = os.path.abspath(out)
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if os.path.exists(probe) and not os.path.isdir(probe):
-        where = "is a file" if probe == os.path.abspath(out) else f"is inside {probe}, which is a file"
-        raise RunError(f"--out {out} {where}; choose a folder path.")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise RunError(f"--out {out}: {probe} is not writable; choose a folder you can write to.")
-    if not new_run or not os.path.isdir(out):
-        return
-    # An evaluation may replace an older evaluation (metrics, figures), never a training run.
-    guarded = ("checkpoint.pt", "log.csv", "config.json") if evaluation else RUN_FILES
-    found = [f for f in guarded if os.path.exists(os.path.join(out, f))]
-    if found and not overwrite:
-        raise RunError(f"{out} already holds a run ({', '.join(found)}); continue it with --resume {out}, "
-                       "or start afresh there with --overwrite (which deletes that run).")
-    if found or overwrite or evaluation:
-        for name in os.listdir(out):
-            if name in STALE_FILES or name.endswith(".png"):
-                os.remove(os.path.join(out, name))
-
-
-def merge_resume(stored, explicit, normalize, force=False, log=print):
-    """The config of a resumed run: the stored config, with the explicit flags that only
-    change how the run goes on applied. `normalize(cfg)` brings a config to canonical form
-    (the same function that builds a new run's config). Returns (cfg, changes): changes maps
-    each applied key that changes the model, data or objective (only with force) and `lr`
-    to (old, new)."""
-    cfg = {k: v for k, v in stored.items() if k not in PER_INVOCATION}
-    cfg.update(explicit)
-    normalize(cfg)
-    base = dict(stored)
-    normalize(base)
-    changed = {k: (base.get(k), cfg[k]) for k in cfg
-               if k not in CONTINUE_KEYS and k in explicit and _differs(base.get(k), cfg[k])}
-    lr_change = changed.pop("lr", None)
-    if changed and not force:
-        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
-        raise RunError(f"--resume would change what the run trains ({listed}); resume with the run's own "
-                       "settings, start a new run in another --out, or pass --force-resume to apply the changes.")
-    if changed:
-        log("force-resume: applying " + "; ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in sorted(changed.items())))
-    if lr_change:
-        changed["lr"] = lr_change
-    return cfg, changed
-
-
-def _differs(a, b):
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b))
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return float(a) != float(b)
-    return a != b
-
-
-def resume_command(prog, argv, out):
-    """The command that continues this run: the same flags with --resume OUT."""
-    keep, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a in ("--resume", "--out"):
-            skip = True
-            continue
-        if a.startswith(("--resume=", "--out=")) or a in ("--overwrite", "--force-resume"):
-            continue
-        keep.append(a)
-    return " ".join(["python", prog] + [shlex.quote(a) for a in keep] + ["--resume", shlex.quote(out)])
-
-
-def format_config(cfg):
-    """The merged config as an aligned block, one key per line."""
-    width = max(len(k) for k in cfg)
-    return "\n".join(f"  {k:<{width}}  {json.dumps(v) if not isinstance(v, str) else v}" for k, v in cfg.items())
-
 
 def parser(prog, description):
-    """A script's argument parser. Unset flags stay absent (SUPPRESS), so make_config knows
+    """A script's argument parser. Unset flags stay absent (SUPPRESS), so a script knows
     which flags the user gave."""
     return argparse.ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
-
-
-def finish_parser(p, method, data_help, dataset, defaults, presets, source):
-    """Add the flags every script has, and (for a known --dataset; the parser reports an
-    unknown one) show each flag's preset value and `source(key)` in --help."""
-    add_run_flags(p, method, data_help)
-    if dataset in presets:
-        show_defaults(p, defaults, presets[dataset], source)
-    return p
 
 
 def add_run_flags(p, method, data_help):
@@ -462,62 +369,146 @@ def add_run_flags(p, method, data_help):
     p.add_argument("--overwrite", action="store_true", help="start a new run in an --out that holds one (deletes it)")
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="stop after MINUTES with a checkpoint; continue with the same command and --resume")
+    return p
 
 
 def dataset_of(argv, default):
-    """The --dataset an argv asks for (before the full parser exists: its defaults depend on it)."""
+    """The --dataset an argv asks for (before the full parser exists: --help's defaults depend on it)."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--dataset")
     known, _ = pre.parse_known_args(argv)
     return known.dataset or default
 
 
-def show_defaults(p, defaults, preset, source):
-    """Append to every flag's help the value this --dataset would use and where it comes from:
-    `source(key)` names the paper's table for preset keys; other defaults are the script's."""
+def show_defaults(p, defaults, preset, sources):
+    """Append to every flag's help the value this --dataset uses and, for a preset value,
+    the paper's table it comes from (`sources`: key -> citation)."""
     for action in p._actions:
         key = action.dest
-        if key in ("help", "dataset") or key not in defaults or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if key in ("help", "dataset") or key not in defaults or isinstance(
+                action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
             continue
         value = preset.get(key, defaults[key])
         if value is None:
             continue
         shown = " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) \
             if isinstance(value, (list, tuple)) else (f"{value:g}" if isinstance(value, float) else str(value))
-        where = f", {source(key)}" if key in preset else ""
+        where = f", {sources[key]}" if key in preset and key in sources else ""
         action.help = (action.help + " " if action.help else "") + f"[default: {shown}{where}]"
+    return p
 
 
-def normalize(cfg, defaults, sources, method):
-    """Fill what the flags leave open (in place): keys older runs lack, the splits of the
-    data set, the run folder runs/<method>-<dataset>-s<seed>."""
+def new_config(flags, method, defaults, presets, sources):
+    """A new run's config: DEFAULTS <- PRESETS[dataset] <- the flags given; the splits of
+    the data set and the run folder filled in. `sources`: data set -> its splits."""
+    cfg = dict(defaults)
+    cfg.update(presets[flags.get("dataset", cfg["dataset"])])
+    cfg.update(flags)
+    return fill_config(cfg, defaults, sources, method)
+
+
+def fill_config(cfg, defaults, sources, method):
+    """Fill what the flags leave open (in place): keys older runs lack, the data set's
+    splits, and the run folder runs/<method>-<dataset>-s<seed> (an evaluation: -eval, the
+    released weights: -pretrained-s<seed>)."""
     for key, value in defaults.items():
         cfg.setdefault(key, value)
     source = sources[cfg["dataset"]]
     cfg["train_split"] = cfg.get("train_split") or source["train_split"]
     cfg["eval_split"] = cfg.get("eval_split") or source["eval_split"]
     if cfg.get("out") is None:
-        tag = "eval" if cfg["eval_only"] else f"s{cfg['seed']}"
+        tag = (f"pretrained-s{cfg['seed']}" if cfg.get("pretrained") else
+               "eval" if cfg["eval_only"] else f"s{cfg['seed']}")
         cfg["out"] = os.path.join("runs", f"{method}-{cfg['dataset']}-{tag}")
     return cfg
 
 
+def stored_config(flags, method, legacy=None):
+    """`--resume DIR`: the run's own config from its checkpoint (with `legacy` filling keys
+    that runs written before a flag existed lack), after checking that DIR can be resumed."""
+    resume_path = checkpoint_path(flags["resume"])
+    run_dir = run_dir_of(flags["resume"])
+    if "out" in flags and os.path.abspath(flags["out"]) != os.path.abspath(run_dir):
+        raise RunError(f"--resume {flags['resume']} continues in {run_dir}; --out {flags['out']} "
+                       "names another folder (copy the run folder there first to branch it).")
+    ckpt = load_checkpoint(resume_path, method)
+    if "rng" not in ckpt or ckpt["rng"] is None:
+        raise RunError(f"{resume_path} holds no RNG state, so it cannot be resumed exactly; "
+                       "evaluate it with --eval-only --checkpoint, or start a new run.")
+    stored = dict(legacy or {}, **ckpt["config"])
+    stored.pop("resume_changes", None)
+    stored["resume"], stored["out"] = resume_path, run_dir
+    return stored
+
+
+def resumed_config(stored, flags, defaults, sources, method, force=False, log=print):
+    """The config of a resumed run: the stored config, with the given flags that only change
+    how the run goes on applied. A flag that changes the model, the data or the objective is
+    refused, or with `force` applied; a new --lr is applied. cfg["resume_changes"] maps each
+    applied key of that kind and `lr` to (old, new)."""
+    base = fill_config(dict(stored), defaults, sources, method)
+    cfg = {k: v for k, v in base.items() if k not in PER_INVOCATION}
+    cfg.update(flags)
+    cfg["resume"], cfg["out"] = stored["resume"], stored["out"]
+    fill_config(cfg, defaults, sources, method)
+    changed = {k: (base.get(k), cfg[k]) for k in cfg
+               if k not in CONTINUE_KEYS and k in flags and _differs(base.get(k), cfg[k])}
+    lr_change = changed.pop("lr", None)
+    if changed and not force:
+        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
+        raise RunError(f"--resume would change what the run trains ({listed}); resume with the run's own "
+                       "settings, start a new run in another --out, or pass --force-resume to apply the changes.")
+    if changed:
+        log("force-resume: applying " + "; ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in sorted(changed.items())))
+    if lr_change:
+        changed["lr"] = lr_change
+    cfg["resume_changes"] = changed
+    return cfg
+
+
+def _differs(a, b):
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) != float(b)
+    return a != b
+
+
+def use_pretrained(cfg, name):
+    """--pretrained: evaluate the released weights `name` of (dataset, seed), like
+    --eval-only --checkpoint."""
+    if cfg.get("pretrained"):
+        cfg["checkpoint"] = pretrained_path(name, cfg["dataset"], cfg["seed"], cfg.get("weights_dir") or WEIGHTS_DIR)
+        cfg["eval_only"] = True
+    return cfg
+
+
 def validate_run_flags(cfg, finite_keys):
-    """One ValueError sentence per bad value of a flag every script has (before anything runs)."""
-    check_finite_flags(cfg, ("lr", "epochs", "time_budget") + tuple(finite_keys))
-    checks = (
+    """One ValueError sentence for the first bad value of a flag every script has, before
+    anything is written (including the flags only evaluation and figures use)."""
+    check_finite_flags(cfg, ("lr", "epochs", "time_budget", "traversal_range") + tuple(finite_keys))
+    for key in ("seed", "iterations", "batch_size", "log_every", "save_every", "eval_batch_size", "metric_votes",
+                "eval_samples"):
+        value = cfg.get(key)
+        if value is not None and abs(value) > 2 ** 62:
+            raise ValueError(f"--{key.replace('_', '-')} {value}: too large; give a number below 2^62.")
+    first_error(
         (cfg.get("time_budget") is not None and cfg["time_budget"] <= 0,
          f"--time-budget {cfg.get('time_budget')}: give the minutes a slice may run (> 0)."),
         (cfg["seed"] < 0, f"--seed {cfg['seed']}: seeds are integers >= 0."),
-        (cfg["lr"] <= 0 or cfg["batch_size"] < 1, "--lr must be > 0 and --batch-size >= 1."),
+        (not 0 < cfg["lr"] < 1e3, f"--lr {cfg['lr']:g}: the learning rate must be > 0 and below 1000."),
+        (cfg["batch_size"] < 1, f"--batch-size {cfg['batch_size']}: need at least 1 image per update."),
         (cfg.get("iterations") is not None and cfg["iterations"] < 0, "--iterations must be >= 0."),
         (cfg.get("epochs") is not None and cfg["epochs"] < 0, "--epochs must be >= 0."),
         (cfg["log_every"] < 1 or cfg["save_every"] < 1, "--log-every and --save-every must be >= 1."),
         (cfg["eval_samples"] is not None and cfg["eval_samples"] < 1, "--eval-samples must be >= 1."),
+        (cfg["eval_batch_size"] < 1, f"--eval-batch-size {cfg['eval_batch_size']}: need at least 1 image per batch."),
+        (cfg["metric_votes"] < 1, f"--metric-votes {cfg['metric_votes']}: the FactorVAE score needs at least 1 vote."),
+        (cfg.get("traversal_range") is not None and not 0 < cfg["traversal_range"] <= 100,
+         f"--traversal-range {cfg.get('traversal_range')}: give a half-width R with 0 < R <= 100."),
         (cfg["eval_only"] and not cfg.get("checkpoint"),
          "--eval-only needs --checkpoint PATH (a checkpoint of this script or its run folder)."),
     )
-    first_error(*checks)
 
 
 def first_error(*checks):
@@ -536,89 +527,310 @@ def check_finite_flags(cfg, keys):
             raise ValueError(f"--{k.replace('_', '-')} {v}: every value must be a finite number.")
 
 
+def num_iterations(cfg, n_train):
+    """The run's length in updates: --iterations, else epochs * floor(N / B) (the partial
+    last batch of an epoch is dropped, see data.batches)."""
+    if cfg["batch_size"] > n_train:
+        raise ValueError(f"--batch-size {cfg['batch_size']} exceeds the {n_train} training images.")
+    if cfg.get("iterations") is not None:
+        return int(cfg["iterations"])
+    return int(round(cfg["epochs"] * (n_train // cfg["batch_size"])))
+
+
+def format_config(cfg):
+    """The merged config as an aligned block, one key per line."""
+    width = max(len(k) for k in cfg)
+    return "\n".join(f"  {k:<{width}}  {json.dumps(v) if not isinstance(v, str) else v}" for k, v in cfg.items())
+
+
 # ---------------------------------------------------------------------------
-# The steps every script's make_config and train() share
+# Run folders: checked before anything is written, locked while in use
 # ---------------------------------------------------------------------------
 
-def make_config(argv, method, build_parser, defaults, presets, normalize, validate, legacy=None,
-                check_flags=None, variant=None):
-    """A script's config: DEFAULTS <- PRESETS[dataset] <- the flags given; on --resume the
-    run's own config <- the flags that only change how it goes on (merge_resume).
-    check_flags(explicit) vets the given flags first; variant(cfg) names the released
-    weights' variant for --pretrained; normalize and validate are the script's."""
-    explicit = vars(build_parser(dataset_of(argv, defaults["dataset"])).parse_args(argv))
-    if check_flags is not None:
-        check_flags(explicit)
-    if "resume" in explicit:
-        cfg = resume_config(explicit, method, normalize, legacy)
-    else:
-        cfg = dict(defaults)
-        cfg.update(presets[explicit.get("dataset", cfg["dataset"])])
-        cfg.update(explicit)
-        use_pretrained(cfg, method, variant(cfg) if variant is not None else None)
-        normalize(cfg)
-    validate(cfg)
+def check_out_dir(out, new_run, overwrite=False):
+    """Before anything is written: the folder can be used, and a new run never lands on an
+    old one unless --overwrite (which deletes it later, in open_run_folder)."""
+    probe = os.path.abspath(out)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        where = "is a file" if probe == os.path.abspath(out) else f"is inside {probe}, which is a file"
+        raise RunError(f"--out {out} {where}; choose a folder path.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunError(f"--out {out}: {probe} is not writable; choose a folder you can write to.")
+    holder = lock_holder(out)
+    if holder:
+        raise RunError(f"{out} is in use by {holder}; wait for it to finish (or stop it) before starting another "
+                       "run, resume or overwrite there.")
+    found = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))] if new_run else []
+    if found and not overwrite:
+        raise RunError(f"{out} already holds a run ({', '.join(found)}); continue it with --resume {out}, "
+                       "or start afresh there with --overwrite (which deletes that run).")
+
+
+def lock_holder(out):
+    """'process PID on HOST' if a live process holds out/.lock, else None (a lock of a
+    dead process on this host does not count)."""
+    try:
+        with open(os.path.join(out, ".lock")) as f:
+            info = json.load(f)
+        pid, host = int(info["pid"]), str(info["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if pid == os.getpid() and host == socket.gethostname():
+        return None
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # stale: its process is gone
+        except PermissionError:
+            pass
+    return f"process {pid} on {host}"
+
+
+_HELD_LOCKS = set()
+
+
+def acquire_lock(out):
+    """Take out/.lock for this process (O_EXCL, as git's index.lock), taking over a lock
+    whose process is dead; released at exit."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, ".lock")
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = lock_holder(out)
+            if holder:
+                raise RunError(f"{out} is in use by {holder}; wait for it to finish (or stop it) first.") from None
+            with contextlib.suppress(OSError):
+                os.remove(path)  # stale, or our own
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), started=time.time())))
+        _HELD_LOCKS.add(os.path.abspath(path))
+        return path
+    raise RunError(f"could not lock {out}; another process keeps taking it — try again.")
+
+
+def release_locks():
+    for path in list(_HELD_LOCKS):
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        _HELD_LOCKS.discard(path)
+
+
+def open_run_folder(cfg):
+    """Once the run is known to start (data loaded, model and optimiser built): lock the
+    folder, and with --overwrite delete the old run's files (those it listed, by name)."""
+    out = cfg["out"]
+    acquire_lock(out)
+    if cfg.get("overwrite") and not cfg.get("resume"):
+        for name in _listed_eval_files(out) + list(OLD_RUN_FILES):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(out, name))
+
+
+def save_config(cfg, **derived):
+    """The run's config with the values training derives (length, objective, data size),
+    written atomically to OUT/config.json; returns it."""
+    cfg = dict(cfg, **derived)
+    write_json(os.path.join(cfg["out"], "config.json"), cfg)
     return cfg
 
 
-def load_for_eval(cfg, method, keys, legacy=None):
-    """--eval-only / --pretrained: the checkpoint of `method`, the `keys` that fix the model
-    (and the objective it was trained with) copied from the run's config into cfg, and
-    the evaluation folder opened. `legacy` fills keys older runs lack.
-    Returns (checkpoint dict, its path, its step)."""
-    path = checkpoint_path(cfg["checkpoint"])
-    ckpt = load_checkpoint(path, method)
-    stored = dict(legacy or {}, **ckpt["config"])
-    for key in keys:
-        cfg[key] = stored[key]
-    open_eval_folder(cfg)
-    return ckpt, path, int(ckpt["step"])
+# ---------------------------------------------------------------------------
+# Resume
+# ---------------------------------------------------------------------------
 
-
-def resume_config(explicit, method, normalize, legacy=None):
-    """The config of `--resume DIR`: the run's own config, the flags that only change how it
-    goes on applied (see merge_resume), `out` = DIR. `legacy` fills keys that runs written
-    before a flag existed lack, with the value those runs used."""
-    resume_path = checkpoint_path(explicit["resume"])
-    run_dir = run_dir_of(explicit["resume"])
-    if "out" in explicit and os.path.abspath(explicit["out"]) != os.path.abspath(run_dir):
-        raise RunError(f"--resume {explicit['resume']} continues in {run_dir}; --out {explicit['out']} "
-                       "names another folder (copy the run folder there first to branch it).")
-    ckpt = load_checkpoint(resume_path, method)
-    if "rng" not in ckpt:
-        raise RunError(f"{resume_path} holds no RNG state, so it cannot be resumed exactly; "
-                       "evaluate it with --eval-only --checkpoint, or start a new run.")
-    stored = dict(ckpt["config"])
-    for key, value in (legacy or {}).items():
-        stored.setdefault(key, value)
-    stored.pop("resume_changes", None)
-    cfg, changes = merge_resume(stored, explicit, normalize, force=explicit.get("force_resume", False))
-    cfg["resume"], cfg["out"], cfg["resume_changes"] = resume_path, run_dir, changes
-    return cfg
-
-
-def restore(cfg, model, optimizer, method):
+def restore(cfg, model, optimizer, method, total):
     """Load a --resume checkpoint into model and optimiser (a changed --lr applied), restore
-    every RNG, drop the log rows after its step and the evaluation of an older step.
-    Returns (step, log window)."""
+    every RNG and drop the log rows after its step. Deletes nothing else: an older
+    evaluation stays until a new one replaces it. Returns (step, log window)."""
     path, out = cfg["resume"], cfg["out"]
     ckpt = load_checkpoint(path, method)
     load_state_dict(model, ckpt["model"], path)
-    optimizer.load_state_dict(ckpt["optimizer"])
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError):
+        raise RunError(f"{path} has a bad field optimizer or rng; the checkpoint is damaged — use another one.") \
+            from None
     for group in optimizer.param_groups:
         group["lr"] = cfg["lr"]
-    set_rng_state(ckpt["rng"])
     step = int(ckpt["step"])
     truncate_log(os.path.join(out, "log.csv"), step)
-    for name in os.listdir(out):
-        if name == "metrics.json" or name.endswith(".png"):
-            os.remove(os.path.join(out, name))
     changes = cfg.get("resume_changes") or {}
     print(f"resumed {out} at step {step}" + "".join(f"; {k}: {o!r} -> {n!r}" for k, (o, n) in changes.items()))
+    if step > total:
+        raise RunError(f"{path} is at step {step}, past the {total} updates asked for; "
+                       "pass a larger --iterations, or evaluate it with --eval-only.")
     return step, ckpt.get("log_window")
 
 
-def open_log(out, columns, step, changes=None):
+def truncate_log(log_path, step):
+    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
+    if not os.path.exists(log_path):
+        return
+    with open(log_path, newline="") as f:
+        rows = list(csv.reader(f))
+    keep = rows[:1] + [r for r in rows[1:] if r and _row_step(r) <= step]
+    buf = io.StringIO()
+    csv.writer(buf).writerows(keep)
+    _atomic_write(log_path, lambda f: f.write(buf.getvalue()))
+
+
+def _row_step(row):
+    """The step of a log row; a '# resumed at step N with ...' note belongs to step N."""
+    first = row[0]
+    if first.startswith("#"):
+        words = first.split()
+        return int(words[words.index("step") + 1]) if "step" in words else 0
+    return int(float(first))
+
+
+def read_log_rows(path):
+    """log.csv as a list of dicts, the '#' note rows left out."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
+# ---------------------------------------------------------------------------
+# The training log: one call per update
+# ---------------------------------------------------------------------------
+
+class TrainLog:
+    """Everything around an update, in one call per update (`update`): log.csv rows (device
+    sums, read once per --log-every), the progress bar, checkpoints every --save-every, the
+    stop at --time-budget or on a stop signal, and the NaN guard.
+
+    Three kinds of logged values: `mean` 0-dim or 1-D tensors averaged over the rows'
+    window on the device (a 1-D `kl_z` fills columns kl_z0, kl_z1, ...); `host` Python
+    numbers averaged on the host; `now` values written as they are at the logged step.
+
+    A checkpoint is held back one update: it is written only once the next update's loss is
+    known to be finite (or at the end), so a NaN or infinite loss leaves the checkpoint of a
+    step whose parameters were still good."""
+
+    def __init__(self, cfg, columns, step, total, device, method, window=None, argv=(), nan_hint="check the data"):
+        self.cfg, self.columns, self.total, self.method, self.argv = cfg, columns, total, method, argv
+        self.nan_hint, self.device = nan_hint, device
+        self.ckpt_path = os.path.join(cfg["out"], "checkpoint.pt")
+        self.file, self.writer = _open_log(cfg["out"], columns, step, cfg.get("resume_changes"))
+        self.bar = progress(total, step, cfg["no_progress"])
+        self.budget = TimeBudget(cfg["time_budget"])
+        window = window or {}
+        self.sums = None if window.get("sums") is None else window["sums"].to(device)
+        self.n = int(window.get("n", 0))
+        # Host sums in the columns' units; checkpoints from before "host_sums" kept one sum in
+        # seconds (cascadevae.py's solve time, logged in ms).
+        legacy = window.get("host", window.get("solve_sum"))
+        self.host = list(window.get("host_sums", [1000.0 * float(legacy)] if legacy is not None else []))
+        self.seconds_before, self.t_last = float(window.get("seconds", 0.0)), time.perf_counter()
+        self.finite = torch.ones((), dtype=torch.bool, device=device)  # every loss since the start finite
+        self.t_start, self.start_step, self.step, self.stopped = time.perf_counter(), step, step, False
+        self.pending, self.good_step = None, None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.budget.close()
+        self.bar.close()
+        self.file.close()
+        if exc_type is FloatingPointError:
+            raise FloatingPointError(self._nan_message()) from None
+        return False
+
+    def update(self, step, model, optimizer, mean, host=None, now=None):
+        """After update `step`: accumulate, write a row when due, checkpoint when due; True
+        when the loop must stop (time budget or stop signal)."""
+        row = torch.cat([v.detach().reshape(-1) for v in mean.values()])   # (columns,) on the device
+        self.sums = row if self.sums is None else self.sums + row
+        self.n += 1
+        if host:
+            self.host += [0.0] * (len(host) - len(self.host))
+            self.host = [h + float(v) for h, v in zip(self.host, host.values())]
+        self.finite &= torch.isfinite(mean["loss"].detach())
+        self.step = step
+        if self.pending is not None:          # the held-back checkpoint: written once this loss is finite
+            self._check_finite(step)
+            self._write_pending()
+        if step % self.cfg["log_every"] == 0 or step == self.total:
+            self._write_row(step, mean, host, now or {})
+        self.bar.update(1)
+        self.stopped = step < self.total and self.budget.expired()
+        if step % self.cfg["save_every"] == 0 or step == self.total or self.stopped:
+            self._check_finite(step)
+            self.pending = checkpoint_state(model, optimizer, step, self.cfg, self.method, self._window())
+            if step == self.total or self.stopped:
+                if not all_finite(model, optimizer):
+                    raise FloatingPointError(step)
+                self._write_pending()
+        return self.stopped
+
+    def _check_finite(self, step):
+        if not bool(self.finite):
+            raise FloatingPointError(step)
+
+    def _write_pending(self):
+        save_checkpoint(self.ckpt_path, self.pending)
+        self.good_step, self.pending = self.pending["step"], None
+
+    def _window(self):
+        return dict(sums=None if self.sums is None else self.sums.cpu(), n=self.n, host_sums=list(self.host),
+                    seconds=self.seconds_before + time.perf_counter() - self.t_last)
+
+    def _write_row(self, step, mean, host, now):
+        self._check_finite(step)
+        t = time.perf_counter()
+        seconds = self.seconds_before + t - self.t_last
+        sums = (self.sums / self.n).tolist()
+        values, i = {}, 0
+        for name, v in mean.items():
+            if v.dim() == 0:
+                values[name], i = sums[i], i + 1
+            else:
+                for j in range(v.numel()):
+                    values[f"{name}{j}"] = sums[i + j]
+                i += v.numel()
+        values.update({k: h / self.n for k, h in zip(host or {}, self.host)})
+        values.update(now)
+        self.writer.writerow([step] + [f"{values[c]:.6g}" for c in self.columns]
+                             + [f"{seconds:.3f}", f"{self.n * self.cfg['batch_size'] / seconds:.1f}"])
+        self.file.flush()
+        self.bar.set_postfix(**{k: f"{values[k]:.2f}" for k in list(mean)[:4] if k in values}, refresh=False)
+        if self.start_step is not None:       # once, after the first log interval
+            print(eta_line(step, self.total, (t - self.t_start) / max(step - self.start_step, 1)))
+            self.start_step = None
+        self.sums, self.n, self.host, self.seconds_before, self.t_last = None, 0, [0.0] * len(self.host), 0.0, t
+
+    def _nan_message(self):
+        if self.good_step is not None or os.path.exists(self.ckpt_path):
+            kept = f"the checkpoint of step {self.good_step or _stored_step(self.ckpt_path)} is kept in {self.ckpt_path}"
+        else:
+            kept = f"no checkpoint was saved yet (the first is due at step {self.cfg['save_every']})"
+        return f"the loss became NaN or infinite by step {self.step}; {kept} — {self.nan_hint}."
+
+    def finish(self):
+        """Print how to continue a paused run; True when training is finished."""
+        if self.stopped:
+            print(paused_message(self.cfg, self.step, self.total, self.method + ".py", self.argv, self.budget),
+                  flush=True)
+        return not self.stopped
+
+
+def _stored_step(path):
+    with contextlib.suppress(Exception):
+        return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+    return "?"
+
+
+def _open_log(out, columns, step, changes=None):
     """log.csv for appending (a new run or step 0: a fresh file with its header); a resume
     whose flags changed records them in a comment row."""
     log_path = os.path.join(out, "log.csv")
@@ -626,126 +838,11 @@ def open_log(out, columns, step, changes=None):
     log_file = open(log_path, "w" if new_log else "a", newline="")
     writer = csv.writer(log_file)
     if new_log:
-        writer.writerow(columns)
+        writer.writerow(["step", *columns, "seconds", "img_per_s"])
     if changes:
         writer.writerow([f"# resumed at step {step} with " + "; ".join(
             f"{k}: {o!r} -> {n!r}" for k, (o, n) in changes.items())])
     return log_file, writer
-
-
-class LogWindow:
-    """Per-step values summed on the device since the last log row (no host sync per step).
-    Its state goes into every checkpoint, so the row after a resume equals the
-    uninterrupted run's row."""
-
-    def __init__(self, device, state=None):
-        state = state or {}
-        self.sums = None if state.get("sums") is None else state["sums"].to(device)
-        self.n = int(state.get("n", 0))
-        self.host = float(state.get("solve_sum", state.get("host", 0.0)))  # host-side sums (seconds)
-        self.seconds_before = float(state.get("seconds", 0.0))
-        self.t_last = time.perf_counter()
-
-    def add(self, row, host=0.0):
-        self.sums = row if self.sums is None else self.sums + row
-        self.n += 1
-        self.host += host
-
-    def read(self):
-        """(mean row as a list, mean host value, seconds the window took) and reset."""
-        now = time.perf_counter()
-        values = (self.sums / self.n).tolist()
-        out = values, self.host / self.n, self.seconds_before + now - self.t_last
-        self.sums, self.n, self.host, self.seconds_before, self.t_last = None, 0, 0.0, 0.0, now
-        return out
-
-    def state(self):
-        return dict(sums=None if self.sums is None else self.sums.cpu(), n=self.n, host=self.host,
-                    seconds=self.seconds_before + time.perf_counter() - self.t_last)
-
-
-class TrainLog:
-    """The bookkeeping around a training loop, used as `with TrainLog(...) as log:`: log.csv
-    rows from a LogWindow, the progress bar, the duration estimate, checkpoints every
-    --save-every and at the end, the stop at --time-budget or on a stop signal (checkpoint
-    first, then exit status 0), and a NaN or infinite loss turned into one sentence
-    (`nan_hint` says what to change) without writing a checkpoint of the broken model."""
-
-    def __init__(self, cfg, columns, step, total, device, window_state, method, argv=(), nan_hint="check the data"):
-        self.cfg, self.total, self.method, self.argv, self.nan_hint = cfg, total, method, argv, nan_hint
-        self.ckpt_path = os.path.join(cfg["out"], "checkpoint.pt")
-        self.file, self.writer = open_log(cfg["out"], columns, step, cfg.get("resume_changes"))
-        self.progress = progress(total, step, cfg["no_progress"])
-        self.budget = TimeBudget(cfg["time_budget"])
-        self.window = LogWindow(device, window_state)
-        self.finite = torch.ones((), dtype=torch.bool, device=device)  # every loss since the start finite
-        self.t_start, self.start_step, self.last_step, self.stopped = time.perf_counter(), step, step, False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        self.close()
-        if exc_type is FloatingPointError:
-            step = exc.args[0] if exc.args and isinstance(exc.args[0], int) else self.last_step + 1
-            raise FloatingPointError(nan_message(step, self.ckpt_path, self.cfg["save_every"], self.nan_hint)) from None
-        return False
-
-    def add(self, row, loss, host=0.0):
-        """One update's logged values `row` (on the device, no host sync) and its loss."""
-        self.window.add(row, host)
-        self.finite &= torch.isfinite(loss.detach())
-
-    def due(self, step):
-        return step % self.cfg["log_every"] == 0 or step == self.total
-
-    def read(self):
-        """Mean of the window's rows (list) and of its host values; resets the window.
-        Raises FloatingPointError if a loss since the start was NaN or infinite."""
-        if not bool(self.finite):
-            raise FloatingPointError(self.last_step + 1)
-        self._n = self.window.n
-        values, host, self._seconds = self.window.read()
-        return values, host
-
-    def write(self, step, values, batch_size, **postfix):
-        seconds = self._seconds
-        self.writer.writerow([step] + [f"{v:.6g}" for v in values]
-                             + [f"{seconds:.3f}", f"{self._n * batch_size / seconds:.1f}"])
-        self.file.flush()
-        self.progress.set_postfix(**{k: f"{v:.2f}" for k, v in postfix.items()}, refresh=False)
-        if self.start_step is not None:  # once, after the first log interval
-            print(eta_line(step, self.total, (time.perf_counter() - self.t_start) / (step - self.start_step)))
-            self.start_step = None
-
-    def end_step(self, step, model, optimizer):
-        """After each update: checkpoint when due (never a model with a NaN loss); True when
-        the loop must stop (budget/signal)."""
-        self.progress.update(1)
-        self.last_step = step
-        self.stopped = step < self.total and self.budget.expired()
-        if step % self.cfg["save_every"] == 0 or step == self.total or self.stopped:
-            if not bool(self.finite):
-                raise FloatingPointError(step)
-            save_checkpoint(self.ckpt_path, model, optimizer, step, self.cfg, self.method, self.window.state())
-        return self.stopped
-
-    def close(self):
-        self.budget.close()
-        self.progress.close()
-        self.file.close()
-
-    def finish(self, step):
-        """Print how to continue a paused run; True when training is finished."""
-        if self.stopped:
-            print(paused_message(self.cfg, step, self.total, self.method + ".py", self.argv, self.budget), flush=True)
-        return not self.stopped
-
-
-def nan_message(step, ckpt_path, save_every, hint):
-    kept = (f"the last good checkpoint is kept in {ckpt_path}" if os.path.exists(ckpt_path)
-            else f"no checkpoint was saved yet (the first is due at step {save_every})")
-    return f"the loss became NaN or infinite by step {step}; {kept} — {hint}."
 
 
 def paused_message(cfg, step, total, prog, argv, budget=None):
@@ -755,12 +852,28 @@ def paused_message(cfg, step, total, prog, argv, budget=None):
             f"Continue with: {resume_command(prog, argv, cfg['out'])}")
 
 
+def resume_command(prog, argv, out):
+    """The command that continues this run: the same flags with --resume OUT."""
+    keep, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--resume", "--out"):
+            skip = True
+            continue
+        if a.startswith(("--resume=", "--out=")) or a in ("--overwrite", "--force-resume"):
+            continue
+        keep.append(a)
+    return " ".join(["python", prog] + [shlex.quote(a) for a in keep] + ["--resume", shlex.quote(out)])
+
+
 # ---------------------------------------------------------------------------
-# Time budget and progress
+# Time budget, stop signals and progress
 # ---------------------------------------------------------------------------
 
-# Signals that ask a training run to stop at the next update with a checkpoint: `kill`
-# (SIGTERM), and the pre-emption / time-limit warnings of SLURM and submitit (SIGUSR1/2).
+# Signals that ask a run to stop with a checkpoint: `kill` (SIGTERM), and the pre-emption /
+# time-limit warnings of SLURM and submitit (SIGUSR1/2).
 STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, n))
 
 
@@ -819,54 +932,86 @@ def progress(total, initial, disable):
 
 
 # ---------------------------------------------------------------------------
-# main(): one sentence per failure
+# Evaluation folders: staged, then published by name
 # ---------------------------------------------------------------------------
 
-def eval_data(cfg, load_dataset):
-    """An evaluation's folder (created), data (the --eval-split) and evaluated rows: all, or
-    --eval-samples of them drawn with seed + 1. -> (out, dataset, indices (N,), start time)."""
-    os.makedirs(cfg["out"], exist_ok=True)
-    ds = load_dataset(cfg, cfg["eval_split"])
-    return cfg["out"], ds, metrics.eval_indices(len(ds), cfg["eval_samples"], cfg["seed"]), time.perf_counter()
+def check_eval_folder(cfg, method):
+    """Before an --eval-only / --pretrained evaluation writes anything: its folder holds
+    nothing, an earlier evaluation of a `method` model, or a run of the same script."""
+    out = cfg["out"]
+    check_out_dir(out, new_run=False)
+    if not os.path.isdir(out) or not os.listdir(out):
+        return
+    for name in ("eval_config.json", "config.json"):
+        path = os.path.join(out, name)
+        if os.path.isfile(path):
+            with contextlib.suppress(RunError):
+                other = read_json(path)
+                if isinstance(other, dict) and other.get("method", _method_from_config(other)) == method:
+                    return
+    raise RunError(f"--out {out} holds files that are not an evaluation or run of {method}.py; "
+                   "an evaluation writes into an empty folder or one of its own — choose another --out.")
 
 
-def run(cfg, argv, train, evaluate, load_model):
-    """One invocation of a script: print the merged config, then train and evaluate the
-    finished run (unless --no-eval, or --time-budget paused it) or, with --eval-only,
-    evaluate load_model(cfg, device) -> (model, step). Prints and returns the results."""
-    device = nets.to_device(cfg["device"])
-    print("config:\n" + format_config(cfg))
-    if cfg["eval_only"]:
-        model, step = load_model(cfg, device)
-        res = evaluate(model, cfg, device, step)
-    else:
-        model, step, cfg, finished = train(cfg, device, argv)
-        if cfg["no_eval"] or not finished:
-            return None
-        res = evaluate(model, cfg, device, step, log_path=os.path.join(cfg["out"], "log.csv"))
-    print_summary(res)
-    return res
+@contextlib.contextmanager
+def staged_evaluation(cfg, method, eval_config=None):
+    """Yield a staging folder for an evaluation's files; on success replace the previous
+    evaluation's files (by the names its eval_files.json lists) with the new ones and list
+    those. A stop signal during evaluation ends in one sentence; on any failure only the
+    staging folder is removed and the run folder is as it was."""
+    out = cfg["out"]
+    acquire_lock(out)
+    stage = os.path.join(out, f".eval-{os.getpid()}")
+    shutil.rmtree(stage, ignore_errors=True)
+    os.makedirs(stage)
+    signalled = []
 
+    def on_signal(signum, frame):
+        signalled.append(signal.Signals(signum).name)
+        raise Stopped(signal.Signals(signum).name)
 
-def main(prog, make_config, run, argv=None):
-    """Parse, run, and turn every expected failure into one sentence and exit status 2."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
-        cfg = make_config(argv)
-        return run(cfg, argv)
-    except (ValueError, OSError, FloatingPointError, RunError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        raise SystemExit(2)
+        yield stage
+        if eval_config is not None:
+            write_json(os.path.join(stage, "eval_config.json"), eval_config)
+        _publish(stage, out)
+    except Stopped as err:
+        raise RunError(f"{err} received during evaluation; nothing in {out} was changed — "
+                       "run the same command again to evaluate.") from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        shutil.rmtree(stage, ignore_errors=True)
 
 
-def print_summary(res, skip=("null_reasons",)):
-    """The scalar results of an evaluation, as the last thing a run prints."""
+def _listed_eval_files(out):
+    path = os.path.join(out, "eval_files.json")
+    if not os.path.isfile(path):
+        return []
+    with contextlib.suppress(RunError):
+        listed = read_json(path)
+        return [n for n in listed.get("files", []) if isinstance(n, str) and os.path.basename(n) == n
+                and not n.startswith(".")] if isinstance(listed, dict) else []
+    return []
+
+
+def _publish(stage, out):
+    new = sorted(os.listdir(stage))
+    for name in _listed_eval_files(out):
+        if name not in new:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(out, name))
+    for name in new:
+        os.replace(os.path.join(stage, name), os.path.join(out, name))
+    write_json(os.path.join(out, "eval_files.json"), dict(files=new + ["eval_files.json"]))
+
+
+def print_summary(res, out=None, skip=("null_reasons",)):
+    """The scalar results of an evaluation, and where they are, as the last thing a run prints."""
     print(json.dumps({k: v for k, v in res.items() if k not in skip and not isinstance(v, (list, dict))}, indent=1))
-
-
-def open_eval_folder(cfg):
-    """An --eval-only / --pretrained run's folder: checked (it may replace an older
-    evaluation, never a training run), created, and its eval_config.json written."""
-    check_out_dir(cfg["out"], new_run=True, overwrite=cfg["overwrite"], evaluation=True)
-    os.makedirs(cfg["out"], exist_ok=True)
-    write_json(os.path.join(cfg["out"], "eval_config.json"), cfg)
+    if out is not None:
+        listed = _listed_eval_files(out)
+        print(f"results in {out}/: " + ", ".join(n for n in listed if n != "eval_files.json"))

@@ -41,6 +41,7 @@ import cascadevae  # noqa: E402
 import data  # noqa: E402
 import jointvae  # noqa: E402
 import nets  # noqa: E402
+import runs  # noqa: E402
 
 
 def _sync(device):
@@ -107,15 +108,12 @@ def bench_jointvae(args, device, rows):
     full = None
     if name == "fashion-mnist":
         with tempfile.TemporaryDirectory() as out:
-            cfg = jointvae.make_config(["--dataset", "fashion-mnist", "--data-dir", args.data_dir, "--no-download",
-                                        "--iterations", str(2 * args.steps), "--log-every", str(args.steps),
-                                        "--save-every", str(10 ** 9), "--device", str(device), "--no-progress",
-                                        "--out", out])
-            jointvae.train(cfg, device)
-            with open(os.path.join(out, "log.csv")) as f:
-                last = f.read().strip().splitlines()[-1].split(",")
-            header = jointvae.log_columns(cfg)
-            full = float(last[header.index("seconds")]) / args.steps
+            jointvae.main(["--dataset", "fashion-mnist", "--data-dir", args.data_dir, "--no-download",
+                           "--iterations", str(2 * args.steps), "--log-every", str(args.steps),
+                           "--save-every", str(10 ** 9), "--device", str(device), "--no-progress", "--no-eval",
+                           "--out", os.path.join(out, "run")])
+            last = runs.read_log_rows(os.path.join(out, "run", "log.csv"))[-1]
+            full = float(last["seconds"]) / args.steps
     rows.append(("jointvae", f"pure step (fixed batch), B=64, 32x32 ({name})", pure, 64 / pure, ""))
     if full is not None:
         rows.append(("jointvae", "full training-loop step (jointvae.train)", full, 64 / full,
@@ -129,7 +127,7 @@ def bench_jointvae(args, device, rows):
 def bench_cascadevae(args, device, rows, jointvae_pure, x):
     torch.manual_seed(0)
     # Built as cascadevae.py builds it (channels-last convolutions on a CPU).
-    model = cascadevae.build_model(dict(cont=10, disc=10, no_discrete=False), tuple(x.shape[1:]), device).train()
+    model = nets.place(cascadevae.CascadeVAE(tuple(x.shape[1:]), 10, 10), device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     betas = cascadevae.cascade_betas(50000, 10, 10.0, 1.0, 10000, 0).to(device)  # (D,)
     solve = []
