@@ -491,8 +491,9 @@ def load_for_evaluation(cfg, device):
     used Dupont's encoder)."""
     path = runs.checkpoint_path(cfg["checkpoint"])
     ckpt = runs.load_checkpoint(path, "cascadevae")
+    trained = {**DEFAULTS, "net": "dupont", **ckpt["config"]}  # runs before --net: Dupont's encoder
     for key in TRAINED_WITH:                                  # the settings the weights were trained with
-        cfg[key] = dict(DEFAULTS, net="dupont", **ckpt["config"]).get(key)
+        cfg[key] = trained[key]
     model = CascadeVAE(data.load_for(cfg, cfg["eval_split"]).image_size, cfg["cont"],
                        0 if cfg["no_discrete"] else cfg["disc"], cfg["net"])
     runs.load_state_dict(model, ckpt["model"], path)
