@@ -28,6 +28,17 @@ updates on MNIST (as JointVAE), 3000 on Fashion-MNIST and 6000 on shapes, with r
 250 / 400 and t_d = 0 / 0 / 2000 (supp. B's ratios r/T, t_d/T); beta-TCVAE
 and beta-VAE 2000 updates at batch 128 (the paper: 2048). Shapes runs evaluate on a
 random 50,000-image subset (the FactorVAE votes are still drawn from the full grid).
+
+Bookkeeping. Each run's output goes to <run>/stdout.log (kept when a retry's --overwrite
+clears the folder) and each slice of it to <run>/reproduce.json (written atomically: wall
+time, exit status, the last line a failed run printed, the signal that stopped it).
+Exit status: 0; 1 when a run failed (the printout and the tables' `failed` column say
+which and why: the last line it printed, or the corrupt file and field); 2 for a bad flag;
+128 + N after signal N. A run paused at --time-budget is not a failure. SIGTERM, SIGINT
+(Ctrl-C) or SIGHUP to reproduce.py is passed on to the running runs as SIGTERM: they save
+a checkpoint at their next update and exit, the slice is recorded, and the same command
+continues them. A run folder in use by another process (<run>/.lock of a live process) is
+skipped, never started in or overwritten. `--release` writes through benchmarks/release.py.
 """
 
 import argparse
@@ -37,13 +48,33 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import runs  # noqa: E402  (the repository's run-folder module)
+
+
+def _import_release():
+    """benchmarks/release.py (weights + manifest, atomic files), imported by its path: putting
+    benchmarks/ on sys.path would let benchmarks/metrics.py shadow the repository's metrics.py."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "release.py")
+    module = sys.modules.get("release")
+    if module is not None and os.path.abspath(getattr(module, "__file__", "") or "") == path:
+        return module
+    spec = importlib.util.spec_from_file_location("release", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["release"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+releaser = _import_release()
+ReleaseError = releaser.ReleaseError
 
 # Paper values: (value in %, std or None, source). Percent for accuracies and the
 # FactorVAE score, as the papers print them; MIG is a fraction in [0, 1].
@@ -139,7 +170,8 @@ def run_dir(runs_dir, protocol, quick, arm, seed):
 
 def command(spec, arm, seed, out, quick, data_dir, device, extra, time_budget=None, fresh=False):
     """The script's command line for one run. A folder that holds an unfinished run
-    (a checkpoint, no metrics.json) is continued exactly with --resume, the same flags."""
+    (a checkpoint, no metrics.json) is continued exactly with --resume, the same flags.
+    Callers check in_use_by(out) first: --overwrite is never given for a folder in use."""
     arm_spec = spec["arms"][arm]
     args = [sys.executable, os.path.join(ROOT, arm_spec["script"])] + list(arm_spec["args"])
     if quick:
@@ -160,28 +192,239 @@ def command(spec, arm, seed, out, quick, data_dir, device, extra, time_budget=No
     return args + list(extra)
 
 
-def execute(cmd, out, threads, on_start=None):
-    """Run one training+evaluation (or one slice of it); record wall time, device and
-    command next to its outputs. Slices of one run add up in reproduce.json."""
-    os.makedirs(out, exist_ok=True)
+# ---------------------------------------------------------------------------
+# Run folders in use by another process
+# ---------------------------------------------------------------------------
+
+def in_use_by(out):
+    """Who holds OUT/.lock, in words for a sentence ("process 123"), or None when the folder
+    is free: no lock, or the lock of a process of this host that has ended. The lock is the
+    one a script takes on its run folder (a file created with O_EXCL holding {"pid", "host"});
+    this is the one place to change when that lock's format does."""
+    path = os.path.join(out, ".lock")
+    try:
+        with open(path) as f:
+            info = json.load(f)
+        pid, host = int(info["pid"]), info.get("host")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return f"a process whose lock file {path} is unreadable (delete that file if no process uses the folder)"
+    if host is not None and host != socket.gethostname():
+        return f"process {pid} on {host}"
+    if pid <= 0:
+        return f"a process whose lock file {path} names no valid pid (delete that file if no process uses the folder)"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None                                          # a stale lock: its process has ended
+    except PermissionError:
+        pass                                                 # alive, another user's
+    return f"process {pid}"
+
+
+def in_use_message(out, who):
+    return (f"{out} is in use by {who}; skipped, neither started nor overwritten "
+            "(run the same command again once that process has ended).")
+
+
+# ---------------------------------------------------------------------------
+# One run (or one slice of it): the child, its log, reproduce.json, stop signals
+# ---------------------------------------------------------------------------
+
+class _Runtime:
+    """This process's runs: `lock` guards `children` (the training processes running now) and
+    `signal` (the stop signal received, if any); the signal handler takes it too. A submitit
+    job (this module pickled by value) starts with a fresh one."""
+
+    def __init__(self):
+        self.lock, self.children, self.signal = threading.RLock(), set(), None
+
+    def __reduce__(self):
+        return _Runtime, ()
+
+
+_RT = _Runtime()
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, n))
+
+
+def _on_stop_signal(signum, frame):
+    """SIGTERM / SIGINT / SIGHUP to reproduce.py: pass SIGTERM to every running run (the
+    scripts save a checkpoint at their next update and exit 0), start no new run."""
+    with _RT.lock:
+        first = _RT.signal is None
+        if first:
+            _RT.signal = signum
+        running = [p for p in _RT.children if p.poll() is None]
+        for proc in running:
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except OSError:
+                pass
+    if first:  # os.write: print() is not safe inside a signal handler
+        os.write(2, (f"reproduce.py: {signal.Signals(signum).name} received; asking {len(running)} running "
+                     "run(s) to save a checkpoint and stop, starting no new run.\n").encode())
+
+
+class forwarding_stop_signals:
+    """`with forwarding_stop_signals():` the run phase; the previous handlers come back after."""
+
+    def __enter__(self):
+        self.previous = {}
+        with _RT.lock:
+            _RT.signal = None
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self.previous[sig] = signal.signal(sig, _on_stop_signal)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def stop_signal():
+    """The name of the stop signal received during the run phase, or None."""
+    return None if _RT.signal is None else signal.Signals(_RT.signal).name
+
+
+def read_slices(out):
+    """The slices recorded in OUT/reproduce.json, and a one-sentence problem (or None) when
+    the file is torn or corrupt (its slices are then not counted)."""
+    path = os.path.join(out, "reproduce.json")
+    if not os.path.isfile(path):
+        return [], None
+    try:
+        slices = releaser.read_json(path).get("slices", [])
+        if not isinstance(slices, list) or not all(isinstance(x, dict) for x in slices):
+            raise ReleaseError(f"{path}: field `slices` is not a list of objects.")
+        return slices, None
+    except ReleaseError as err:
+        return [], (f"{str(err).rstrip('.')}: the wall time of the run's earlier slices is not counted "
+                    "(the file is kept as reproduce.json.corrupt when this slice is recorded).")
+
+
+def _last_line(data):
+    text = data.decode("utf-8", "replace").strip()
+    return text.splitlines()[-1].strip()[:300] if text else ""
+
+
+def _tee(pipe, log, path, last):
+    """Copy the child's output into OUT/stdout.log and keep its last non-empty line. The
+    child's --overwrite removes stdout.log with the old run's files: the log is then written
+    again under its name, with what this slice wrote before, so a retry keeps its own log."""
+    start = log.tell()
+
+    def relinked(log, start):
+        if os.fstat(log.fileno()).st_nlink > 0:
+            return log, start
+        log.seek(start)
+        before = log.read()
+        log.close()
+        log = open(path, "a+b")
+        start = log.tell()
+        log.write(before)
+        return log, start
+
+    try:
+        for line in iter(pipe.readline, b""):
+            log, start = relinked(log, start)
+            log.write(line)
+            log.flush()
+            if line.strip():
+                last[0] = line
+        log, start = relinked(log, start)
+    except OSError:
+        for _ in iter(pipe.readline, b""):  # a full disk: drain, so the child never blocks
+            pass
+    finally:
+        try:
+            log.close()
+        except OSError:
+            pass
+        pipe.close()
+
+
+def execute_run(cmd, out, threads, on_start=None, warn=True):
+    """Run one training+evaluation (or one slice of it) with its output in OUT/stdout.log;
+    record its wall time, exit status, the last line it printed when it failed, and the stop
+    signal that ended it, in OUT/reproduce.json (slices of one run add up). Returns a dict:
+    returncode (None: not started, a stop signal came first), wall, error, stopped_by."""
+    path = os.path.join(out, "reproduce.json")
+    slices, problem = read_slices(out) if "--resume" in cmd else ([], None)
+    if problem and warn:
+        print(f"reproduce.py: warning: {problem}", flush=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    last = [b""]
+    try:
+        os.makedirs(out, exist_ok=True)
+        log = open(os.path.join(out, "stdout.log"), "a+b")
+    except OSError as err:
+        return dict(returncode=126, wall=0.0, error=f"could not write {out}/stdout.log ({err.strerror or err})",
+                    stopped_by=None, last_line="")
     t0 = time.time()
-    with open(os.path.join(out, "stdout.log"), "a") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with _RT.lock:
+        if _RT.signal is not None:
+            log.close()
+            return dict(returncode=None, wall=0.0, error=None, stopped_by=stop_signal(), last_line="")
+        try:
+            # A session of its own: a Ctrl-C in the terminal reaches reproduce.py only, which
+            # asks the run to checkpoint (SIGTERM) instead of killing it mid-update.
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
+        except OSError as err:
+            log.close()
+            return dict(returncode=127, wall=0.0, error=f"could not start {cmd[0]} ({err.strerror or err})",
+                        stopped_by=None, last_line="")
+        _RT.children.add(proc)
+    tee = threading.Thread(target=_tee, args=(proc.stdout, log, os.path.join(out, "stdout.log"), last), daemon=True)
+    tee.start()
+    try:
         if on_start is not None:
             on_start(proc)
         proc.wait()
-    wall = time.time() - t0
-    path = os.path.join(out, "reproduce.json")
-    slices = []
-    if os.path.isfile(path) and "--resume" in cmd:
-        with open(path) as f:
-            slices = json.load(f).get("slices", [])
-    slices.append(dict(wall_seconds=round(wall, 1), returncode=proc.returncode, git_commit=_git_commit()))
-    with open(path, "w") as f:
-        json.dump(dict(command=cmd, wall_seconds=round(sum(x["wall_seconds"] for x in slices), 1),
-                       returncode=proc.returncode, threads=threads, slices=slices), f, indent=2)
-    return proc.returncode, wall
+    finally:
+        with _RT.lock:
+            _RT.children.discard(proc)
+    tee.join()
+    wall, rc = time.time() - t0, proc.returncode
+    record = dict(wall_seconds=round(wall, 1), returncode=rc, git_commit=_git_commit())
+    error = None
+    if rc != 0:
+        line = _last_line(last[0])
+        if rc < 0:
+            try:
+                name = signal.Signals(-rc).name
+            except ValueError:
+                name = f"signal {-rc}"
+            error = f"killed by {name}" + (f" (last line: {line})" if line else "")
+        else:
+            error = line or "it printed nothing"
+        record["error"] = error
+    stopped = stop_signal()
+    if stopped is not None:
+        record["stopped_by"] = stopped
+    slices.append(record)
+    state = dict(command=cmd, wall_seconds=round(sum(x.get("wall_seconds") or 0 for x in slices), 1),
+                 returncode=rc, threads=threads, slices=slices)
+    if problem:
+        state["note"] = problem
+        try:
+            os.replace(path, path + ".corrupt")
+        except OSError:
+            pass
+    try:
+        releaser.write_json(path, state)
+    except ReleaseError as err:
+        print(f"reproduce.py: warning: {err}", flush=True)
+    return dict(returncode=rc, wall=wall, error=error, stopped_by=stopped, last_line=_last_line(last[0]))
+
+
+def execute(cmd, out, threads, on_start=None):
+    """execute_run -> (exit status, wall seconds)."""
+    res = execute_run(cmd, out, threads, on_start)
+    return res["returncode"], res["wall"]
 
 
 def _git_commit():
@@ -192,49 +435,81 @@ def _git_commit():
         return None
 
 
-def _released(out):
+# ---------------------------------------------------------------------------
+# Reading run folders
+# ---------------------------------------------------------------------------
+
+def _released(out, weights_dir=releaser.WEIGHTS_DIR):
     """The manifest entry of a run whose folder was removed after its weights were released."""
     parent, leaf = os.path.split(os.path.normpath(out))
     run = os.path.join(os.path.basename(parent), leaf)
-    for entry in runs.read_manifest():
+    for entry in releaser.read_manifest(weights_dir):
         if entry.get("run") == run:
             return entry
     return None
 
 
-def read_run(out):
+def read_run(out, weights_dir=releaser.WEIGHTS_DIR):
     """Metrics, iterations, device and wall time of one finished run folder (or None); a
-    released run whose folder is gone is read from results/weights/manifest.json."""
+    released run whose folder is gone is read from results/weights/manifest.json. A corrupt
+    metrics.json / config.json / manifest, or metrics without checkpoint.pt: ReleaseError."""
     path = os.path.join(out, "metrics.json")
     if not os.path.isfile(path):
-        entry = _released(out)
+        entry = _released(out, weights_dir)
         if entry is None:
             return None
-        return dict(entry["metrics"], _iterations=entry["updates"], _device=entry.get("device"),
+        manifest = os.path.join(weights_dir, "manifest.json")
+        if not isinstance(entry.get("metrics"), dict):
+            raise ReleaseError(f"{manifest}: {entry['file']} has no `metrics` object; fix that entry.")
+        return dict(entry["metrics"], _iterations=entry.get("updates"), _device=entry.get("device"),
                     _wall=entry.get("wall_seconds"))
-    with open(path) as f:
-        m = json.load(f)
+    m = releaser.read_json(path)
+    if not os.path.isfile(os.path.join(out, "checkpoint.pt")):
+        raise ReleaseError(f"{out} has metrics.json but no checkpoint.pt (field `model` of the run is missing); "
+                           "restore checkpoint.pt or train the run again.")
     cfg = {}
     if os.path.isfile(os.path.join(out, "config.json")):
-        with open(os.path.join(out, "config.json")) as f:
-            cfg = json.load(f)
+        cfg = releaser.read_json(os.path.join(out, "config.json"))
     wall = None
     if os.path.isfile(os.path.join(out, "reproduce.json")):
-        with open(os.path.join(out, "reproduce.json")) as f:
-            wall = json.load(f).get("wall_seconds")
+        try:  # a torn reproduce.json: the wall time from log.csv instead
+            wall = releaser.read_json(os.path.join(out, "reproduce.json")).get("wall_seconds")
+        except ReleaseError:
+            pass
+        wall = wall if isinstance(wall, (int, float)) and not isinstance(wall, bool) else None
     if wall is None and os.path.isfile(os.path.join(out, "log.csv")):
         # A run started by hand: training time from the log plus the evaluation time.
-        with open(os.path.join(out, "log.csv"), newline="") as f:
-            rows = csv.DictReader(line for line in f if not line.startswith("#"))
-            wall = sum(float(r["seconds"]) for r in rows) + float(m.get("eval_seconds") or 0.0)
+        try:
+            with open(os.path.join(out, "log.csv"), newline="") as f:
+                rows = csv.DictReader(line for line in f if not line.startswith("#"))
+                wall = sum(float(r["seconds"]) for r in rows) + float(m.get("eval_seconds") or 0.0)
+        except (OSError, ValueError, KeyError, TypeError):
+            wall = None
     m["_iterations"] = cfg.get("iterations_total", m.get("step"))
     m["_device"] = m.get("device", cfg.get("device"))
     if m["_device"] in (None, "auto") and os.path.isfile(os.path.join(out, "stdout.log")):
-        with open(os.path.join(out, "stdout.log")) as f:  # the scripts print "... device <name>"
+        with open(os.path.join(out, "stdout.log"), errors="replace") as f:  # the scripts print "... device <name>"
             words = f.read().split()
         m["_device"] = next((w for a, w in zip(words, words[1:]) if a == "device"), m["_device"])
     m["_wall"] = wall
     return m
+
+
+def run_status(out, weights_dir=releaser.WEIGHTS_DIR):
+    """("done", metrics), ("failed", one sentence) or ("not run", None) for one run folder.
+    A run whose last slice exited non-zero (not on a stop signal) has failed; a paused run
+    (its time budget reached, exit 0) is not run yet, not failed."""
+    try:
+        m = read_run(out, weights_dir)
+    except ReleaseError as err:
+        return "failed", str(err)
+    if m is not None:
+        return "done", m
+    slices, _ = read_slices(out)
+    if slices and slices[-1].get("returncode") not in (0, None) and not slices[-1].get("stopped_by"):
+        last = slices[-1]
+        return "failed", f"{out}: exit {last['returncode']}: {last.get('error') or 'see its stdout.log'}"
+    return "not run", None
 
 
 def _fmt_ours(values, metric):
@@ -263,32 +538,60 @@ def _fmt_paper(entries):
     return "; ".join(parts)
 
 
-def collect(protocol, quick, seeds, runs_dir, arms=None, results_dir=None):
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def collect(protocol, quick, seeds, runs_dir, arms=None, results_dir=None, weights_dir=releaser.WEIGHTS_DIR,
+            failures=None):
     """One row per (arm, metric). With `arms`, the other arms' rows are kept from the
     existing results/<protocol>[-quick].csv, so re-running one arm (or tabulating it
-    on another machine) does not turn the rest of a committed table into "not run"."""
+    on another machine) does not turn the rest of a committed table into "not run".
+    `failures` (run folder -> sentence) holds the runs that failed in this invocation; the
+    runs found failed here (a corrupt file, metrics without a checkpoint, a last slice that
+    exited non-zero) are added to it. The `failed` column says which seed failed and why."""
     spec = PROTOCOLS[protocol]
+    failures = {} if failures is None else failures
     kept = {}
     if arms and results_dir:
         old = os.path.join(results_dir, protocol + ("-quick" if quick else "") + ".csv")
         if os.path.isfile(old):
-            with open(old, newline="") as f:
-                kept = {(r["method"], r["metric"]): r for r in csv.DictReader(f)}
+            try:
+                with open(old, newline="") as f:
+                    kept = {(r["method"], r["metric"]): r for r in csv.DictReader(f)}
+            except (OSError, KeyError, csv.Error, UnicodeDecodeError) as err:
+                print(f"reproduce.py: warning: {old} is unreadable ({err}); the other arms' rows are not kept.")
     rows = []
     for arm in spec["arms"]:
-        runs_ = {s: read_run(run_dir(runs_dir, protocol, quick, arm, s)) for s in seeds}
-        done = [r for r in runs_.values() if r is not None]
+        fresh = not arms or arm in arms
+        runs_, failed = {}, {}
+        for seed in seeds:
+            out = run_dir(runs_dir, protocol, quick, arm, seed)
+            status, value = run_status(out, weights_dir)
+            if status == "done":
+                bad = [k for k in spec["metrics"] if value.get(k) is not None and not _is_number(value[k])]
+                if bad:
+                    status, value = "failed", (f"{os.path.join(out, 'metrics.json')}: field `{bad[0]}` is "
+                                               f"{value[bad[0]]!r}, not a number.")
+            if status == "done" and out not in failures:
+                runs_[seed] = value
+            elif status == "failed" or out in failures:
+                failed[seed] = failures.get(out) or value
+                if fresh:
+                    failures.setdefault(out, value)
+        failed_cell = "; ".join(f"s{seed}: {reason}" for seed, reason in failed.items()) or "-"
+        done = list(runs_.values())
         for metric, paper in spec["metrics"].items():
             key = (arm, metric + (" (%)" if metric in PERCENT_METRICS else ""))
-            if arms and arm not in arms and key in kept:
+            if not fresh and key in kept:
                 rows.append(kept[key])
                 continue
             values = [r.get(metric) for r in done]
             scale = 100.0 if metric in PERCENT_METRICS else 1.0
             per_seed = "; ".join(f"s{seed} {scale * r[metric]:.{2 if scale == 100.0 else 3}f}"
-                                 for seed, r in runs_.items() if r is not None and r.get(metric) is not None)
-            walls = [r["_wall"] for r in done if r.get("_wall")]
-            iters = sorted({r["_iterations"] for r in done if r.get("_iterations") is not None})
+                                 for seed, r in runs_.items() if r.get(metric) is not None)
+            walls = [r["_wall"] for r in done if _is_number(r.get("_wall"))]
+            iters = sorted({str(r["_iterations"]) for r in done if r.get("_iterations") is not None})
             devices = sorted({str(r["_device"]) for r in done if r.get("_device")})
             rows.append(dict(
                 protocol=protocol + (" (quick: NOT the paper protocol)" if quick else ""),
@@ -296,32 +599,65 @@ def collect(protocol, quick, seeds, runs_dir, arms=None, results_dir=None):
                 paper=_fmt_paper(paper.get(arm, [])),
                 ours=_fmt_ours(values, metric), per_seed=per_seed or "-",
                 seeds=f"{sum(v is not None for v in values)}/{len(seeds)}",
-                iterations=",".join(str(i) for i in iters) or "-",
+                iterations=",".join(iters) or "-",
                 device=",".join(devices) or "-",
                 wall_per_run=(f"{sum(walls) / len(walls) / 60:.1f} min" if walls else "-"),
+                failed=failed_cell,
             ))
     return rows
+
+
+COLUMNS = ["method", "metric", "paper", "ours", "per_seed", "seeds", "iterations", "device", "wall_per_run", "failed"]
 
 
 def write_tables(protocol, quick, rows, results_dir):
     os.makedirs(results_dir, exist_ok=True)
     stem = os.path.join(results_dir, protocol + ("-quick" if quick else ""))
-    cols = ["method", "metric", "paper", "ours", "per_seed", "seeds", "iterations", "device", "wall_per_run"]
-    with open(stem + ".csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["protocol"] + cols)
+
+    def write_csv(f):
+        w = csv.DictWriter(f, fieldnames=["protocol"] + COLUMNS, restval="-", extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
+
+    releaser.atomic_write(stem + ".csv", write_csv)
     spec = PROTOCOLS[protocol]
     lines = [f"### {protocol}{' --quick (NOT the paper protocol)' if quick else ''}", "",
              spec["doc"] + " " + spec["data_note"], "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |" for r in rows]
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(r.get(c) or "-").replace("|", "/") for c in COLUMNS) + " |" for r in rows]
+    releaser.atomic_write(stem + ".md", lambda f: f.write("\n".join(lines) + "\n"))
     return stem + ".md"
 
 
+def slurm_available():
+    """A SLURM cluster is reachable from here: sbatch on PATH, or inside a SLURM allocation."""
+    return shutil.which("sbatch") is not None or any(k in os.environ for k in ("SLURM_JOB_ID", "SLURM_CLUSTER_NAME"))
+
+
+def check_args(args):
+    """One sentence for the first bad flag (before anything runs), else None."""
+    budget = args.time_budget
+    if any(s < 0 for s in args.seeds):
+        return f"--seeds {' '.join(map(str, args.seeds))}: seeds are integers >= 0."
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        return f"--time-budget {budget:g}: give the minutes each run may take per invocation, a finite number > 0."
+    if args.timeout_min < 1:
+        return f"--timeout-min {args.timeout_min}: give the job time limit in minutes (>= 1)."
+    if args.jobs < 1:
+        return f"--jobs {args.jobs}: give the number of runs in parallel (>= 1)."
+    if args.threads is not None and args.threads < 1:
+        return f"--threads {args.threads}: give the threads per run (>= 1)."
+    if args.gpus_per_job is not None and args.gpus_per_job < 0:
+        return f"--gpus-per-job {args.gpus_per_job}: must be >= 0."
+    if args.launcher == "submitit" and args.cluster == "slurm" and not slurm_available():
+        return ("--cluster slurm: there is no SLURM here (no sbatch on PATH, no SLURM_* variables); run on the "
+                "cluster's login node, or use --cluster local to run the jobs on this machine.")
+    return None
+
+
 def main(argv=None):
+    """Returns the exit status: 0, 1 when a run failed, 2 for a bad flag, 128 + N after stop signal N."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(description="Run a paper protocol with this repository's scripts and tabulate it.")
     p.add_argument("--protocol", choices=sorted(PROTOCOLS) + ["all"])
     p.add_argument("--quick", action="store_true", help="CPU-sized variant (NOT the paper protocol)")
@@ -331,14 +667,16 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--runs-dir", default=os.path.join(ROOT, "runs", "reproduce"))
     p.add_argument("--results-dir", default=os.path.join(ROOT, "results"))
+    p.add_argument("--weights-dir", help="released weights and manifest.json (default: RESULTS_DIR/weights)")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (CPU: threads are split between them)")
     p.add_argument("--threads", type=int, help="threads per run (default: the CPU's cores / --jobs)")
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="each run stops after MINUTES with a checkpoint; the same command continues it exactly")
     p.add_argument("--launcher", choices=["local", "submitit"], default="local",
                    help="local: a process pool on this machine (default); submitit: one job per run")
-    p.add_argument("--cluster", choices=["slurm", "local"], default="slurm",
-                   help="with --launcher submitit: a SLURM cluster, or this machine")
+    p.add_argument("--cluster", choices=["slurm", "local"],
+                   help="with --launcher submitit: a SLURM cluster, or this machine "
+                        "(default: slurm where SLURM is found, i.e. sbatch on PATH or SLURM_* variables, else local)")
     p.add_argument("--partition", help="SLURM partition (--launcher submitit --cluster slurm)")
     p.add_argument("--gpus-per-job", type=int, help="GPUs per job (--launcher submitit)")
     p.add_argument("--timeout-min", type=int, default=240,
@@ -353,9 +691,28 @@ def main(argv=None):
     if args.list or not args.protocol:
         for name, spec in PROTOCOLS.items():
             print(f"{name:20s} {spec['doc']}  arms: {', '.join(spec['arms'])}")
-        return
+        return 0
+    problem = check_args(args)
+    if problem:
+        print(f"reproduce.py: error: {problem}", file=sys.stderr)
+        return 2
+    if args.launcher == "submitit" and args.cluster is None:
+        args.cluster = "slurm" if slurm_available() else "local"
+        if args.cluster == "local":
+            print("--launcher submitit: no SLURM here (no sbatch on PATH, no SLURM_* variables); "
+                  "the jobs run on this machine (--cluster local).", flush=True)
+    if args.launcher == "submitit" and not (args.collect_only or args.dry_run):
+        try:
+            import cloudpickle  # noqa: F401
+            import submitit  # noqa: F401
+        except ImportError:
+            print("reproduce.py: error: --launcher submitit needs submitit (pip install -r requirements.txt).",
+                  file=sys.stderr)
+            return 2
+    weights_dir = args.weights_dir or os.path.join(args.results_dir, "weights")
     extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
     protocols = sorted(PROTOCOLS) if args.protocol == "all" else [args.protocol]
+    failures = {}                                           # run folder -> one sentence
     for protocol in protocols:
         spec = PROTOCOLS[protocol]
         arms = [a for a in spec["arms"] if not args.arms or a in args.arms]
@@ -370,23 +727,59 @@ def main(argv=None):
                     if os.path.isfile(os.path.join(out, "metrics.json")):
                         print(f"done already: {out}")
                         continue
-                    todo.append((command(spec, arm, seed, out, args.quick, args.data_dir, args.device, extra,
-                                         args.time_budget), out))
+                    who = in_use_by(out)
+                    if who:
+                        print(f"FAILED: {in_use_message(out, who)}", flush=True)
+                        if not args.dry_run:
+                            failures[out] = in_use_message(out, who)
+                        continue
+                    cmd = command(spec, arm, seed, out, args.quick, args.data_dir, args.device, extra,
+                                  args.time_budget)
+                    if "--resume" in cmd:  # said now, before the slice trains
+                        _, torn = read_slices(out)
+                        if torn:
+                            print(f"reproduce.py: warning: {torn}", flush=True)
+                    todo.append((cmd, out))
             threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
             for cmd, out in todo:
                 print(" ".join(["python"] + [c.replace(ROOT + os.sep, "") for c in cmd[1:]]), flush=True)
             if args.dry_run:
                 continue
             if args.launcher == "submitit":
-                _submit_all(todo, threads, args)
+                _submit_all(todo, threads, args, failures=failures)
             else:
-                _run_all(todo, args.jobs, threads)
-        rows = collect(protocol, args.quick, args.seeds, args.runs_dir, args.arms, args.results_dir)
+                with forwarding_stop_signals():
+                    _run_all(todo, args.jobs, threads, failures)
+                    stopped = stop_signal()
+                if stopped:
+                    shown = " ".join(["python", "benchmarks/reproduce.py"] + [_quote(a) for a in argv])
+                    print(f"reproduce.py: stopped by {stopped}: the runs that were training saved a checkpoint "
+                          f"(recorded in their reproduce.json); continue them with the same command: {shown}",
+                          file=sys.stderr, flush=True)
+                    return 128 + getattr(signal, stopped)
         if args.release and not args.dry_run:
-            release_finished(protocol, args.quick, arms, args.seeds, args.runs_dir)
-        path = write_tables(protocol, args.quick, rows, args.results_dir)
+            release_finished(protocol, args.quick, arms, args.seeds, args.runs_dir, weights_dir, failures)
+        rows = collect(protocol, args.quick, args.seeds, args.runs_dir, args.arms, args.results_dir,
+                       weights_dir, failures)
+        try:
+            path = write_tables(protocol, args.quick, rows, args.results_dir)
+        except ReleaseError as err:
+            print(f"reproduce.py: error: {err}", file=sys.stderr)
+            return 1
         with open(path) as f:
             print(f.read())
+    if failures and not args.dry_run:
+        for out, reason in failures.items():
+            print(f"FAILED: {reason}", file=sys.stderr)
+        print(f"reproduce.py: {len(failures)} run(s) failed (listed above and in the tables' `failed` column).",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _quote(arg):
+    import shlex
+    return shlex.quote(arg)
 
 
 def resume_variant(cmd, out):
@@ -423,10 +816,13 @@ class SubmititRun(Checkpointable):
         self.proc = None
 
     def __call__(self, cmd, out, threads):
-        rc, _ = execute(resume_variant(cmd, out), out, threads, on_start=lambda p: setattr(self, "proc", p))
+        who = in_use_by(out)
+        if who:
+            raise RuntimeError(in_use_message(out, who))
+        res = execute_run(resume_variant(cmd, out), out, threads, on_start=lambda p: setattr(self, "proc", p))
         self.proc = None
-        if rc != 0:
-            raise RuntimeError(f"{out}: the run failed (exit {rc}); see {out}/stdout.log")
+        if res["returncode"] != 0:
+            raise RuntimeError(f"{out}: exit {res['returncode']}: {res['error']}")
         return read_run(out)
 
     def checkpoint(self, cmd, out, threads):
@@ -443,86 +839,128 @@ class SubmititRun(Checkpointable):
         self.proc = None
 
 
-def _submit_all(todo, threads, args, on_submitted=None):
-    """Each run as a submitit job on a SLURM cluster or this machine; waits for all."""
+def _submit_all(todo, threads, args, on_submitted=None, failures=None):
+    """Each run as a submitit job on a SLURM cluster or this machine; waits for all. A job
+    that fails, or cannot be submitted, is one sentence in `failures`."""
+    failures = {} if failures is None else failures
     try:
         import cloudpickle
         import submitit
     except ImportError:
         raise SystemExit("reproduce.py: error: --launcher submitit needs submitit (pip install -r requirements.txt).")
-    module = sys.modules[SubmititRun.__module__]
-    if module.__name__ != "__main__":
-        cloudpickle.register_pickle_by_value(module)      # the job need not import benchmarks/
-    executor = submitit.AutoExecutor(folder=os.path.join(args.runs_dir, "submitit", "%j"), cluster=args.cluster)
-    params = dict(timeout_min=args.timeout_min, cpus_per_task=threads, name="reproduce")
-    if args.cluster == "slurm":
-        params.update(slurm_partition=args.partition, gpus_per_node=args.gpus_per_job)
-    elif args.gpus_per_job:
-        params.update(gpus_per_node=args.gpus_per_job)
-    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    jobs = [(executor.submit(SubmititRun(), cmd, out, threads), out) for cmd, out in todo]
+    for module in (sys.modules[SubmititRun.__module__], releaser):
+        if module.__name__ != "__main__":
+            cloudpickle.register_pickle_by_value(module)  # the job need not import benchmarks/
+    jobs = []
+    try:
+        executor = submitit.AutoExecutor(folder=os.path.join(args.runs_dir, "submitit", "%j"), cluster=args.cluster)
+        params = dict(timeout_min=args.timeout_min, cpus_per_task=threads, name="reproduce")
+        if args.cluster == "slurm":
+            params.update(slurm_partition=args.partition, gpus_per_node=args.gpus_per_job)
+        elif args.gpus_per_job:
+            params.update(gpus_per_node=args.gpus_per_job)
+        executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+        for cmd, out in todo:
+            jobs.append((executor.submit(SubmititRun(), cmd, out, threads), out))
+    except Exception as err:  # no cluster, a bad partition, ...: one sentence per run not submitted
+        reason = _last_line(str(err).encode()) or type(err).__name__
+        for cmd, out in todo[len(jobs):]:
+            failures[out] = f"{out}: could not submit the job to --cluster {args.cluster} ({reason})."
+            print(f"FAILED: {failures[out]}", flush=True)
     for job, out in jobs:
         print(f"submitted job {job.job_id}: {out}", flush=True)
     if on_submitted is not None:  # tests: pre-empt a job while it runs
         on_submitted(jobs)
-    failed = 0
     for job, out in jobs:
         try:
             job.result()
             print(f"ok: {out}", flush=True)
         except Exception as err:  # a failed job is reported, the others go on
-            failed += 1
-            print(f"FAILED: {out}: {str(err).strip().splitlines()[-1] if str(err).strip() else err}", flush=True)
-    if failed:
-        print(f"{failed} run(s) failed")
+            reason = _last_line(str(err).encode()) or type(err).__name__
+            failures[out] = reason if reason.startswith(out) else f"{out}: {reason}"
+            print(f"FAILED: {failures[out]}", flush=True)
     return jobs
 
 
-def release_finished(protocol, quick, arms, seeds, runs_dir, weights_dir=runs.WEIGHTS_DIR):
+def release_finished(protocol, quick, arms, seeds, runs_dir, weights_dir=releaser.WEIGHTS_DIR, failures=None):
     """Release the weights of every finished run (results/weights/ + manifest.json); a run
-    folder kept in the repository between slices (results/runs/) is then removed."""
+    folder kept in the repository between slices (results/runs/) is then removed. A run that
+    cannot be released is one sentence in `failures`; the others go on."""
+    failures = {} if failures is None else failures
     spec = PROTOCOLS[protocol]
     kept_dir = os.path.join(ROOT, "results", "runs")
+    tag = protocol + ("-quick" if quick else "")
     for arm in arms:
         method = spec["arms"][arm]["script"][:-3]
         for seed in seeds:
             out = run_dir(runs_dir, protocol, quick, arm, seed)
-            if not os.path.isfile(os.path.join(out, "metrics.json")):
+            if not os.path.isfile(os.path.join(out, "metrics.json")) or out in failures:
                 continue
-            info = read_run(out)
-            # The protocol's canonical command (the run may have been started from another
-            # checkout or data folder): what a reader runs to reproduce this file.
-            canon = command(spec, arm, seed, os.path.join("runs", "reproduce", protocol + ("-quick" if quick else ""),
-                                                           f"{arm}-s{seed}"), quick, "../shared/data", "auto", [], fresh=True)
-            shown = " ".join(["python", os.path.basename(canon[1])] + canon[2:])
-            path, _ = runs.release(out, method, weights_dir, name=arm if arm != method else None,
-                                   protocol=protocol + ("-quick" if quick else ""), command=shown,
-                                   run=os.path.join(protocol + ("-quick" if quick else ""), f"{arm}-s{seed}"),
-                                   wall_seconds=info.get("_wall"), device=info.get("_device"))
-            print(f"released {os.path.relpath(path, ROOT)}")
-            if os.path.abspath(out).startswith(kept_dir + os.sep):
+            try:
+                info = read_run(out, weights_dir)
+                # The protocol's canonical command (the run may have been started from another
+                # checkout or data folder): what a reader runs to reproduce this file.
+                canon = command(spec, arm, seed, os.path.join("runs", "reproduce", tag, f"{arm}-s{seed}"), quick,
+                                "../shared/data", "auto", [], fresh=True)
+                shown = " ".join(["python", os.path.basename(canon[1])] + canon[2:])
+                path, _ = releaser.release(out, method, weights_dir, name=arm if arm != method else None,
+                                           protocol=tag, command=shown, run=os.path.join(tag, f"{arm}-s{seed}"),
+                                           wall_seconds=info.get("_wall"), device=info.get("_device"))
+            except ReleaseError as err:
+                failures[out] = f"{out}: not released: {err}"
+                print(f"FAILED: {failures[out]}", flush=True)
+                continue
+            print(f"released {_shown_path(path)}")
+            if os.path.abspath(out).startswith(kept_dir + os.sep) and not in_use_by(out):
                 shutil.rmtree(out)
                 print(f"removed the finished run folder {os.path.relpath(out, ROOT)}")
 
 
-def _run_all(todo, jobs, threads):
-    """Sequential, or `jobs` at a time; a failed run is reported and the others go on."""
+def _shown_path(path):
+    rel = os.path.relpath(path, ROOT)
+    return path if rel.startswith(os.pardir) else rel
+
+
+def _run_all(todo, jobs, threads, failures=None):
+    """Sequential, or `jobs` at a time; a failed run is reported (in `failures`, with the last
+    line it printed) and the others go on. After a stop signal no new run starts."""
     from concurrent.futures import ThreadPoolExecutor
+
+    failures = {} if failures is None else failures
 
     def one(item):
         cmd, out = item
-        rc, wall = execute(cmd, out, threads)
-        paused = rc == 0 and not os.path.isfile(os.path.join(out, "metrics.json"))
-        status = ("paused at its time budget (run the same command to continue)" if paused else
-                  "ok" if rc == 0 else f"FAILED (exit {rc}, see {out}/stdout.log)")
+        if stop_signal():
+            print(f"not started ({stop_signal()} received): {out}", flush=True)
+            return
+        who = in_use_by(out)                      # again: time has passed since the plan
+        if who:
+            failures[out] = in_use_message(out, who)
+            print(f"FAILED: {failures[out]}", flush=True)
+            return
+        res = execute_run(cmd, out, threads, warn=False)
+        rc, wall = res["returncode"], res["wall"]
+        if rc is None:
+            print(f"not started ({res['stopped_by']} received): {out}", flush=True)
+            return
+        finished = os.path.isfile(os.path.join(out, "metrics.json"))
+        if res["stopped_by"] and (rc == 0 or rc == -signal.SIGTERM) and not finished:
+            status = f"stopped by {res['stopped_by']}" + (" with a checkpoint" if rc == 0 else " before its first update")
+        elif rc == 0 and not finished and "Continue with:" in res["last_line"]:
+            status = "paused at its time budget (run the same command to continue)"
+        elif rc == 0 and not finished:
+            status = "trained, not evaluated (no metrics.json)"
+        elif rc == 0:
+            status = "ok"
+        else:
+            failures[out] = f"{out}: exit {rc}: {res['error']}"
+            status = f"FAILED (exit {rc}: {res['error'].rstrip('.')}; see {out}/stdout.log)"
         print(f"{status}: {out} in {wall / 60:.1f} min", flush=True)
-        return rc
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        codes = list(pool.map(one, todo))
-    if any(codes):
-        print(f"{sum(c != 0 for c in codes)} run(s) failed")
+        list(pool.map(one, todo))
+    return failures
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,6 +9,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 import btcvae
 import cascadevae
@@ -48,8 +49,11 @@ def test_every_command_is_a_valid_config(protocol, arm, quick, tmp_path):
         assert len(keys) >= 5 and {k: cfg[k] for k in keys} == {k: preset[k] for k in keys}
 
 
-def _fake_run(folder, metrics, iterations, wall):
+def _fake_run(folder, metrics, iterations, wall, dataset="mnist", seed=0):
+    """A finished run folder as the scripts leave it, with a small real checkpoint."""
     os.makedirs(folder)
+    torch.save(dict(model={"w": torch.linspace(-1, 1, 6)}, config={"dataset": dataset, "seed": seed},
+                    step=iterations, method=None), os.path.join(folder, "checkpoint.pt"))
     with open(os.path.join(folder, "metrics.json"), "w") as f:
         json.dump(dict(metrics, device="cpu"), f)
     with open(os.path.join(folder, "config.json"), "w") as f:
@@ -170,3 +174,254 @@ def test_submitit_checkpoint_requeues_and_continues_exactly(tmp_path):
     b = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
     assert a["step"] == b["step"] == 40
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+# ---------------------------------------------------------------------------
+# Driven as a user would: `python benchmarks/reproduce.py ...` in a subprocess
+# ---------------------------------------------------------------------------
+
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+SCRIPT = os.path.join(ROOT, "benchmarks", "reproduce.py")
+# A btcvae run of a few updates, no evaluation: seconds on a busy 2-core machine.
+FAST = ["--batch-size", "16", "--log-every", "5", "--save-every", "100000", "--no-eval", "--device", "cpu"]
+MIG = ["--protocol", "dsprites-mig", "--quick", "--arms", "btcvae", "--threads", "1"]
+
+
+def _cli(args, timeout=300, env=None):
+    return subprocess.run([sys.executable, SCRIPT] + args, capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout, env=env)
+
+
+def _last(text):
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def _dirs(tmp_path):
+    return ["--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
+
+
+@pytest.mark.parametrize("flags,start", [
+    (["--seeds", "-1"], "--seeds -1: seeds are integers >= 0."),
+    (["--time-budget", "0"], "--time-budget 0: give the minutes"),
+    (["--time-budget", "nan"], "--time-budget nan: give the minutes"),
+    (["--timeout-min", "0"], "--timeout-min 0: give the job time limit"),
+    (["--jobs", "0"], "--jobs 0: give the number of runs"),
+])
+def test_bad_flags_are_one_sentence_and_exit_2(flags, start, tmp_path):
+    r = _cli(MIG + _dirs(tmp_path) + flags)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()]                  # one line, no traceback
+    assert r.stderr.startswith("reproduce.py: error: " + start)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def _no_slurm_env():
+    if any(os.access(os.path.join(d, "sbatch"), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep)):
+        pytest.skip("this machine has SLURM")
+    return {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+
+
+def test_submitit_without_slurm_runs_locally_or_says_so(tmp_path):
+    env = _no_slurm_env()
+    r = _cli(MIG + _dirs(tmp_path) + ["--seeds", "0", "--launcher", "submitit", "--dry-run"], env=env)
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    assert "the jobs run on this machine (--cluster local)" in r.stdout.splitlines()[0]
+    assert "--seed 0" in r.stdout
+    r = _cli(MIG + _dirs(tmp_path) + ["--seeds", "0", "--launcher", "submitit", "--cluster", "slurm"], env=env)
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith("reproduce.py: error: --cluster slurm: there is no SLURM here")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_failed_run_exits_1_says_why_and_a_retry_keeps_its_own_log(tmp_path):
+    out = reproduce.run_dir(str(tmp_path / "runs"), "dsprites-mig", True, "btcvae", 0)
+    csv_path = tmp_path / "results" / "dsprites-mig-quick.csv"
+    why = "btcvae.py: error: --iterations must be >= 0."
+    r = _cli(MIG + _dirs(tmp_path) + ["--seeds", "0", "--"] + FAST + ["--iterations", "-3"])
+    assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr
+    assert f"FAILED (exit 2: {why[:-1]}; see {out}/stdout.log)" in r.stdout
+    assert _last(r.stderr) == "reproduce.py: 1 run(s) failed (listed above and in the tables' `failed` column)."
+    assert f"FAILED: {out}: exit 2: {why}" in r.stderr
+    rows = _rows(csv_path)
+    assert rows[("btcvae", "mig")]["failed"] == f"s0: {out}: exit 2: {why}"
+    assert rows[("btcvae", "mig")]["ours"] == "not run" and rows[("betavae", "mig")]["failed"] == "-"
+    record = json.load(open(os.path.join(out, "reproduce.json")))
+    assert record["returncode"] == 2 and record["slices"][-1]["error"] == why
+    assert _last(open(os.path.join(out, "stdout.log")).read()) == why
+    # the failure stays on record: the table alone says so, and the exit status too
+    r = _cli(MIG + _dirs(tmp_path) + ["--seeds", "0", "--collect-only"])
+    assert r.returncode == 1 and _rows(csv_path)[("btcvae", "mig")]["failed"] == f"s0: {out}: exit 2: {why}"
+
+    # The retry starts afresh with --overwrite (the failed start left no checkpoint), which
+    # removes the folder's stdout.log: the retry's own output must still be in it.
+    r = _cli(MIG + _dirs(tmp_path) + ["--seeds", "0", "--"] + FAST + ["--iterations", "6"])
+    assert r.returncode == 0, r.stderr
+    assert "--overwrite" in r.stdout and f"trained, not evaluated (no metrics.json): {out}" in r.stdout
+    log = open(os.path.join(out, "stdout.log")).read()
+    assert log.startswith("config:") and "updates in all" in log   # printed before and after the overwrite
+    assert why not in log                                          # the old run's log went with it
+    assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["step"] == 6
+    record = json.load(open(os.path.join(out, "reproduce.json")))
+    assert [s["returncode"] for s in record["slices"]] == [0] and "--overwrite" in record["command"]
+    assert _rows(csv_path)[("btcvae", "mig")]["failed"] == "-"
+
+
+def _children(pid):
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(c) for c in f.read().split()]
+    return found
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _start_and_signal(tmp_path, seeds, sig):
+    """reproduce.py training `seeds` (long runs) in parallel; `sig` once every run has logged."""
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("needs /proc")
+    args = MIG + _dirs(tmp_path) + ["--seeds"] + [str(s) for s in seeds] + ["--jobs", str(len(seeds)), "--"] \
+        + FAST + ["--iterations", "100000"]
+    proc = subprocess.Popen([sys.executable, SCRIPT] + args, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    outs = [reproduce.run_dir(str(tmp_path / "runs"), "dsprites-mig", True, "btcvae", s) for s in seeds]
+    deadline = time.time() + 240
+    while time.time() < deadline and not all(
+            os.path.exists(os.path.join(o, "log.csv")) and len(open(os.path.join(o, "log.csv")).readlines()) >= 2
+            for o in outs):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    children = _children(proc.pid)
+    assert len(children) == len(seeds)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=240)
+    return proc.returncode, stdout, stderr, outs, children, args
+
+
+def test_sigterm_checkpoints_the_runs_records_them_and_the_same_command_continues(tmp_path):
+    rc, stdout, stderr, outs, children, args = _start_and_signal(tmp_path, [0, 1], signal.SIGTERM)
+    assert rc == 128 + signal.SIGTERM
+    assert not any(_alive(c) for c in children)                       # no orphaned run
+    assert _last(stderr).startswith("reproduce.py: stopped by SIGTERM: the runs that were training saved a "
+                                    "checkpoint (recorded in their reproduce.json); continue them with the same "
+                                    "command: python benchmarks/reproduce.py --protocol dsprites-mig")
+    assert "Traceback" not in stdout + stderr
+    steps = []
+    for out in outs:
+        step = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["step"]
+        assert 5 <= step < 100000
+        assert f"SIGTERM received at step {step} of 100000; checkpoint saved" in open(os.path.join(out, "stdout.log")).read()
+        record = json.load(open(os.path.join(out, "reproduce.json")))
+        assert record["returncode"] == 0 and len(record["slices"]) == 1
+        assert record["slices"][0]["stopped_by"] == "SIGTERM" and record["slices"][0]["wall_seconds"] > 0
+        assert f"stopped by SIGTERM with a checkpoint: {out}" in stdout
+        steps.append(step)
+    assert not (tmp_path / "results").exists()                      # stopped before the tables
+
+    # A torn reproduce.json (a crash mid-write) is said before the slice trains, and the
+    # continuation (paused by its time budget: not a failure) goes on.
+    out = outs[0]
+    torn = open(os.path.join(out, "reproduce.json"), "rb").read()[:40]
+    with open(os.path.join(out, "reproduce.json"), "wb") as f:
+        f.write(torn)
+    r = _cli(MIG + _dirs(tmp_path) + ["--seeds", "0", "--time-budget", "0.005", "--"] + FAST
+             + ["--iterations", "100000"])
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    warn = next(i for i, ln in enumerate(lines) if ln.startswith("reproduce.py: warning: "))
+    echo = next(i for i, ln in enumerate(lines) if ln.startswith("python btcvae.py"))
+    assert warn < echo and "--resume" in lines[echo]
+    assert f"{out}/reproduce.json is not valid JSON" in lines[warn]
+    assert f"paused at its time budget (run the same command to continue): {out}" in r.stdout
+    assert open(os.path.join(out, "reproduce.json.corrupt"), "rb").read() == torn
+    record = json.load(open(os.path.join(out, "reproduce.json")))
+    assert [s["returncode"] for s in record["slices"]] == [0] and "not valid JSON" in record["note"]
+    assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["step"] > steps[0]
+    assert _rows(tmp_path / "results" / "dsprites-mig-quick.csv")[("btcvae", "mig")]["failed"] == "-"
+
+
+def test_sigint_is_forwarded_as_sigterm(tmp_path):
+    rc, stdout, stderr, outs, children, _ = _start_and_signal(tmp_path, [0], signal.SIGINT)
+    assert rc == 128 + signal.SIGINT and not any(_alive(c) for c in children)
+    assert _last(stderr).startswith("reproduce.py: stopped by SIGINT:") and "Traceback" not in stdout + stderr
+    step = torch.load(os.path.join(outs[0], "checkpoint.pt"), weights_only=True)["step"]
+    assert f"SIGTERM received at step {step}" in open(os.path.join(outs[0], "stdout.log")).read()
+    assert json.load(open(os.path.join(outs[0], "reproduce.json")))["slices"][0]["stopped_by"] == "SIGINT"
+
+
+def test_a_run_folder_in_use_is_neither_started_nor_overwritten(tmp_path):
+    out = reproduce.run_dir(str(tmp_path / "runs"), "dsprites-mig", True, "btcvae", 0)
+    os.makedirs(out)
+    files = {"config.json": '{"seed": 0}', "stdout.log": "another process writes here\n",
+             ".lock": json.dumps({"pid": os.getpid(), "host": socket.gethostname()})}
+    for name, text in files.items():
+        with open(os.path.join(out, name), "w") as f:
+            f.write(text)
+    r = _cli(MIG + _dirs(tmp_path) + ["--seeds", "0", "--"] + FAST + ["--iterations", "6"])
+    said = f"{out} is in use by process {os.getpid()}; skipped, neither started nor overwritten"
+    assert r.returncode == 1 and f"FAILED: {said}" in r.stdout and "Traceback" not in r.stderr
+    assert "python btcvae.py" not in r.stdout                         # no command for it at all
+    assert {n: open(os.path.join(out, n)).read() for n in os.listdir(out)} == files   # untouched
+    assert _rows(tmp_path / "results" / "dsprites-mig-quick.csv")[("btcvae", "mig")]["failed"].startswith(f"s0: {said}")
+    # The helper: a lock whose process has ended frees the folder; one that cannot be read does not.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with open(os.path.join(out, ".lock"), "w") as f:
+        json.dump({"pid": dead.pid, "host": socket.gethostname()}, f)
+    assert reproduce.in_use_by(out) is None
+    with open(os.path.join(out, ".lock"), "w") as f:
+        f.write('{"pid": ')
+    assert "is unreadable" in reproduce.in_use_by(out)
+    os.remove(os.path.join(out, ".lock"))
+    assert reproduce.in_use_by(out) is None
+
+
+def test_corrupt_run_folders_are_failed_runs_in_the_table_and_the_exit_status(tmp_path):
+    runs_dir, weights = tmp_path / "runs", tmp_path / "results" / "weights"
+    folders = {}
+    for seed in range(4):
+        folders[seed] = reproduce.run_dir(str(runs_dir), "fashion-accuracy", True, "jointvae", seed)
+        _fake_run(folders[seed], {"accuracy_hungarian": 0.5 + seed / 10, "accuracy_majority": None}, 15000, 60.0,
+                  dataset="fashion-mnist", seed=seed)
+    with open(os.path.join(folders[1], "metrics.json"), "w") as f:
+        f.write('{"accuracy_hungarian": 0.6, "acc')                     # torn
+    with open(os.path.join(folders[2], "config.json"), "w") as f:
+        f.write("\x00\x00\x00")
+    os.remove(os.path.join(folders[3], "checkpoint.pt"))
+    args = ["--protocol", "fashion-accuracy", "--quick", "--arms", "jointvae", "--seeds", "0", "1", "2", "3"] \
+        + _dirs(tmp_path)
+    r = _cli(args + ["--collect-only"])
+    assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr
+    assert _last(r.stderr) == "reproduce.py: 3 run(s) failed (listed above and in the tables' `failed` column)."
+    row = _rows(tmp_path / "results" / "fashion-accuracy-quick.csv")[("jointvae", "accuracy_hungarian (%)")]
+    assert row["ours"] == "50.00" and row["seeds"] == "1/4"
+    failed = row["failed"].split("; s")
+    assert failed[0].startswith(f"s1: {folders[1]}/metrics.json is not valid JSON (")
+    assert failed[1].startswith(f"2: {folders[2]}/config.json is not valid JSON (")
+    assert failed[2].startswith(f"3: {folders[3]} has metrics.json but no checkpoint.pt")
+    # --release: the good run is released, the others are not, and say why
+    r = _cli(args + ["--collect-only", "--release"])
+    assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr
+    manifest = json.load(open(weights / "manifest.json"))["weights"]
+    assert [(e["file"], e["run"]) for e in manifest] == [("jointvae-fashion-mnist-s0.pt", "fashion-accuracy-quick/jointvae-s0")]
+    assert manifest[0]["metrics"]["accuracy_hungarian"] == 0.5 and manifest[0]["updates"] == 15000
+    assert sorted(os.listdir(weights)) == ["jointvae-fashion-mnist-s0.pt", "manifest.json"]
+    # a manifest entry without `file`: one sentence, nothing released
+    with open(weights / "manifest.json", "w") as f:
+        json.dump({"weights": [{"name": "jointvae", "dataset": "mnist", "seed": 0}]}, f)
+    r = _cli(["--protocol", "fashion-accuracy", "--quick", "--arms", "jointvae", "--seeds", "0"] + _dirs(tmp_path)
+             + ["--collect-only", "--release"])
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"FAILED: {folders[0]}: not released: {weights}/manifest.json: entry 0 of `weights` has no `file` field" \
+        in r.stderr
