@@ -643,11 +643,14 @@ def _find_idx(name, split, data_dir, download):
             reason = f"the torchvision download failed ({_first_line(e)})"
     if found is None:
         searched = ", ".join(p[0] + "[.gz]" for p in paths)
+        other = "test" if split == "train" else "train"
+        has_other = all(any(os.path.isfile(p) for p in cands) for cands in _idx_paths(name, other, data_dir))
+        flag = "--train-split test" if split == "train" else "--eval-split train"  # what the scripts then load
+        fix = f"; {data_dir} holds the {other} split: use it with {flag}" if has_other else ""
         raise FileNotFoundError(
-            f"{name} {split} split not found ({reason}): searched {searched}; run with "
-            f"download=True on a machine with internet, or point data_dir (--data-dir) at a "
-            f"folder holding {_IDX_FOLDERS[name]}/raw/ in the torchvision layout (offline: "
-            f"../shared/data).")
+            f"{name} {split} split not found ({reason}): searched {searched}{fix}; or let the script "
+            f"download it on a machine with internet (without --no-download), or point --data-dir at a "
+            f"folder holding {_IDX_FOLDERS[name]}/raw/ in torchvision's layout.")
     return found
 
 

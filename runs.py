@@ -979,7 +979,7 @@ def staged_evaluation(cfg, method, eval_config=None):
             write_json(os.path.join(stage, "eval_config.json"), eval_config)
         _publish(stage, out)
     except Stopped as err:
-        raise RunError(f"{err} received during evaluation; nothing in {out} was changed — "
+        raise RunError(f"{err} received during evaluation; {out} keeps its previous evaluation files — "
                        "run the same command again to evaluate.") from None
     finally:
         for sig, handler in previous.items():

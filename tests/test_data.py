@@ -99,7 +99,8 @@ def test_fashion_mnist_train_split_loads_while_test_split_is_missing(tmp_path):
     msg = str(e.value)
     assert "fashion-mnist test split not found" in msg and "download=False" in msg
     assert os.path.join(str(tmp_path), "FashionMNIST", "raw", "t10k-images-idx3-ubyte") in msg
-    assert "download=True" in msg and "--data-dir" in msg
+    assert "without --no-download" in msg and "--data-dir" in msg
+    assert "holds the train split: use it with --eval-split train" in msg  # the split there, and the flag
 
 
 def test_split_with_labels_but_no_images_is_missing(tmp_path):
@@ -607,5 +608,5 @@ def test_load_dataset_argument_errors(tmp_path):
         data.load_dataset("images", data_dir=str(tmp_path), channels=2)
     with pytest.raises(ValueError, match="channels=3 is for 'images' only"):
         data.load_dataset("mnist", data_dir=str(tmp_path), channels=3)
-    with pytest.raises(FileNotFoundError, match="mnist test split not found.*download=True"):
+    with pytest.raises(FileNotFoundError, match="mnist test split not found.*--no-download"):
         data.load_dataset("mnist", "test", data_dir=str(tmp_path), download=False)

@@ -17,6 +17,7 @@ import btcvae
 import cascadevae
 import jointvae
 import runs
+from benchmarks import release
 
 BASE = ["--dataset", "shapes", "--batch-size", "16", "--log-every", "5", "--eval-samples", "300",
         "--metric-votes", "10", "--eval-batch-size", "256", "--no-progress", "--device", "cpu"]
@@ -278,7 +279,7 @@ def test_released_float16_weights_evaluate_to_the_manifest_metrics(name, tmp_pat
     mod, base = SCRIPTS[name]
     run, weights = str(tmp_path / "run"), str(tmp_path / "weights")
     mod.main(base + ["--iterations", "20", "--out", run, "--seed", "2"])
-    path, entry = runs.release(run, name, weights, protocol="test", command="python ...")
+    path, entry = release.release(run, name, weights, protocol="test", command="python ...")
     assert os.path.basename(path) == f"{name}-shapes-s2.pt" and entry["updates"] == 20
     saved = torch.load(path, weights_only=True)
     assert all(v.dtype == torch.float16 for v in saved["model"].values() if v.is_floating_point())
