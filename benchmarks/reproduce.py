@@ -359,7 +359,8 @@ def execute_run(cmd, out, threads, on_start=None, warn=True):
     last = [b""]
     try:
         os.makedirs(out, exist_ok=True)
-        log = open(os.path.join(out, "stdout.log"), "a+b")
+        # A fresh start (--overwrite) starts a fresh log; a resumed slice appends to its run's.
+        log = open(os.path.join(out, "stdout.log"), "w+b" if "--overwrite" in cmd else "a+b")
     except OSError as err:
         return dict(returncode=126, wall=0.0, error=f"could not write {out}/stdout.log ({err.strerror or err})",
                     stopped_by=None, last_line="")
