@@ -683,6 +683,7 @@ def main(argv=None):
         if cfg["eval_only"]:                                  # --eval-only / --pretrained: no training
             runs.check_eval_folder(cfg, "btcvae")
             model, step = load_for_evaluation(cfg, device)
+            nets.set_precision(model, cfg["precision"], device)
             print("config (the checkpoint's own settings):\n" + runs.format_config(cfg))
             with runs.staged_evaluation(cfg, "btcvae", eval_config=cfg) as out:
                 res = evaluate(model, cfg, device, step, out)
@@ -693,6 +694,7 @@ def main(argv=None):
         total = runs.num_iterations(cfg, len(ds))
         runs.seed_everything(cfg["seed"])
         model = nets.place(BetaTCVAE(ds.image_size, cfg["cont"], cfg["arch"]), device)
+        nets.set_precision(model, cfg["precision"], device)   # the networks only; every equation in fp32
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
         runs.open_run_folder(cfg)                             # locked; --overwrite clears the old run now
         step, window = runs.restore(cfg, model, optimizer, "btcvae", total) if cfg["resume"] else (0, None)

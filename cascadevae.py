@@ -652,6 +652,7 @@ def main(argv=None):
         if cfg["eval_only"]:                                  # --eval-only / --pretrained: no training
             runs.check_eval_folder(cfg, "cascadevae")
             model, step = load_for_evaluation(cfg, device)
+            nets.set_precision(model, cfg["precision"], device)
             print("config (the checkpoint's own settings):\n" + runs.format_config(cfg))
             with runs.staged_evaluation(cfg, "cascadevae", eval_config=cfg) as out:
                 res = evaluate(model, cfg, device, step, out)
@@ -665,6 +666,7 @@ def main(argv=None):
         # On a CPU channels-last weights (nets.place) matter most here: u decodes B*S images every step.
         model = nets.place(CascadeVAE(ds.image_size, cfg["cont"], 0 if cfg["no_discrete"] else cfg["disc"],
                                       cfg["net"]), device)
+        nets.set_precision(model, cfg["precision"], device)   # the networks only; every equation in fp32
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
         runs.open_run_folder(cfg)                             # locked; --overwrite clears the old run now
         step, window = runs.restore(cfg, model, optimizer, "cascadevae", total) if cfg["resume"] else (0, None)

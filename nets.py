@@ -65,7 +65,52 @@ DUPONT_CHANNELS = {32: (32, 64, 64), 64: (32, 32, 64, 64)}
 JEONG_SONG_CHANNELS = {32: (32, 32, 64), 64: (32, 32, 64, 64)}
 
 
-class Encoder(nn.Module):
+class Net(nn.Module):
+    """A network whose forward pass may run under autocast (`--precision bf16`, see
+    set_precision): its output is cast back to float32, so every equation downstream is
+    computed in float32 from float32 network outputs."""
+
+    amp_dtype = None  # torch.bfloat16 under --precision bf16; None: float32 throughout
+
+    def __call__(self, x):
+        if self.amp_dtype is None:
+            return super().__call__(x)
+        with torch.autocast(x.device.type, dtype=self.amp_dtype):
+            out = super().__call__(x)
+        return out.float()
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def set_precision(model, precision, device):
+    """--precision: run every Net of `model` under autocast in that dtype (the networks
+    only; losses, estimators and metrics stay float32). One sentence where the device
+    cannot run it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r}: choose fp32 or bf16.")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
+                         "use --precision fp32.")
+    if precision == "bf16" and device.type == "mps":
+        raise ValueError("--precision bf16 is not supported on MPS here; use --precision fp32.")
+    if precision == "bf16" and device.type == "cpu" and not _cpu_has_bf16():
+        print("note: this CPU has no bfloat16 units, so bf16 is emulated here and slower than fp32 "
+              "(measured ~9x on one); use --precision fp32 on it.")
+    for module in model.modules():
+        if isinstance(module, Net):
+            module.amp_dtype = PRECISIONS[precision]
+    return model
+
+
+def _cpu_has_bf16():
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class Encoder(Net):
     """x (B, C, H, W) in [0, 1] -> raw parameter vector (B, out_dim).
 
     `channels` maps the input height to the convolutions' output channels (default
@@ -93,7 +138,7 @@ class Encoder(nn.Module):
         return self.head(h)                    # (B, out_dim)
 
 
-class Decoder(nn.Module):
+class Decoder(Net):
     """z (B, latent_dim) -> Bernoulli logits (B, C, H, W)."""
 
     def __init__(self, image_size, latent_dim, hidden_dim=HIDDEN_DIM):
@@ -120,7 +165,7 @@ class Decoder(nn.Module):
         return self.features(h)          # (B, C, H, W) logits
 
 
-class MLPEncoder(nn.Module):
+class MLPEncoder(Net):
     """Chen et al. (2018) supplement H.1, dSprites: 4096-1200-1200-out_dim, ReLU."""
 
     def __init__(self, image_size, out_dim):
@@ -137,7 +182,7 @@ class MLPEncoder(nn.Module):
         return self.net(x.reshape(x.shape[0], -1))  # (B, C*H*W) -> (B, out_dim)
 
 
-class MLPDecoder(nn.Module):
+class MLPDecoder(Net):
     """Chen et al. (2018) supplement H.1, dSprites: latent-1200-1200-1200-4096, tanh; logits out."""
 
     def __init__(self, image_size, latent_dim):

@@ -67,7 +67,7 @@ RUN_DEFAULTS = dict(
     data_dir="data", download=True, train_split=None, eval_split=None, seed=0, device="auto", out=None,
     log_every=100, eval_samples=None, eval_batch_size=512, metric_votes=800, eval_only=False, checkpoint=None,
     resume=None, no_eval=False, no_progress=False, time_budget=None, overwrite=False, force_resume=False,
-    pretrained=False, weights_dir=None,
+    pretrained=False, weights_dir=None, precision="fp32",
 )
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "weights")
@@ -367,6 +367,8 @@ def add_run_flags(p, method, data_help):
     p.add_argument("--force-resume", action="store_true",
                    help="with --resume: apply flags that change the model, data or objective (recorded in the log)")
     p.add_argument("--overwrite", action="store_true", help="start a new run in an --out that holds one (deletes it)")
+    p.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="fp32 (the papers'), or bf16: the networks under autocast, every equation in fp32")
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="stop after MINUTES with a checkpoint; continue with the same command and --resume")
     return p
