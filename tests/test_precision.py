@@ -140,8 +140,11 @@ def test_a_bf16_run_paused_twice_equals_a_straight_run(tmp_path, monkeypatch):
     jointvae.main(cmd + ["--out", straight])
     monkeypatch.setattr(runs, "TimeBudget", _StopAt([4]))
     jointvae.main(cmd + ["--out", split, "--time-budget", "1"])
+    step_of = lambda: torch.load(os.path.join(split, "checkpoint.pt"), weights_only=True)["step"]  # noqa: E731
+    assert step_of() == 4                                                 # really paused
     monkeypatch.setattr(runs, "TimeBudget", _StopAt([7]))
     jointvae.main(["--resume", split, "--time-budget", "1", "--no-progress"])
+    assert step_of() == 7
     monkeypatch.setattr(runs, "TimeBudget", _StopAt([]))
     jointvae.main(["--resume", split, "--no-progress"])
     a = torch.load(os.path.join(straight, "checkpoint.pt"), weights_only=True)
