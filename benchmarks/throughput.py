@@ -98,7 +98,7 @@ def jointvae_pure_step(model, optimizer, x, step=1000):
 def bench_jointvae(args, device, rows):
     ds, name = fashion_or_synthetic(args.data_dir)
     torch.manual_seed(0)
-    model = jointvae.JointVAE(ds.image_size, 10, [10]).to(device).train()
+    model = nets.set_precision(jointvae.JointVAE(ds.image_size, 10, [10]).to(device).train(), args.prec, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
     x = ds.batch(torch.arange(64)).to(device)                            # (64, 1, 32, 32)
     pure = time_steps(lambda: jointvae_pure_step(model, optimizer, x), args.steps, args.warmup, device)
@@ -109,6 +109,7 @@ def bench_jointvae(args, device, rows):
     if name == "fashion-mnist":
         with tempfile.TemporaryDirectory() as out:
             jointvae.main(["--dataset", "fashion-mnist", "--data-dir", args.data_dir, "--no-download",
+                           "--precision", args.prec,
                            "--iterations", str(2 * args.steps), "--log-every", str(args.steps),
                            "--save-every", str(10 ** 9), "--device", str(device), "--no-progress", "--no-eval",
                            "--out", os.path.join(out, "run")])
@@ -127,7 +128,8 @@ def bench_jointvae(args, device, rows):
 def bench_cascadevae(args, device, rows, jointvae_pure, x):
     torch.manual_seed(0)
     # Built as cascadevae.py builds it (channels-last convolutions on a CPU).
-    model = nets.place(cascadevae.CascadeVAE(tuple(x.shape[1:]), 10, 10), device).train()
+    model = nets.set_precision(nets.place(cascadevae.CascadeVAE(tuple(x.shape[1:]), 10, 10), device).train(),
+                               args.prec, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     betas = cascadevae.cascade_betas(50000, 10, 10.0, 1.0, 10000, 0).to(device)  # (D,)
     solve = []
@@ -160,7 +162,7 @@ def bench_btcvae(args, device, rows):
     n = len(shapes)
     for b in args.btc_batches:
         torch.manual_seed(0)
-        model = btcvae.BetaTCVAE((1, 64, 64), 10).to(device).train()
+        model = nets.set_precision(btcvae.BetaTCVAE((1, 64, 64), 10).to(device).train(), args.prec, device)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         x = shapes.batch(torch.randperm(n, generator=torch.Generator().manual_seed(0))[:b]).to(device)  # (B, 1, 64, 64)
         times = {}
@@ -205,6 +207,8 @@ def main(argv=None):
     p.add_argument("--btc-batches", type=int, nargs="+", default=[64, 2048])
     p.add_argument("--no-decomposition", dest="decomposition", action="store_false")
     p.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"))
+    p.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
+                   help="one pass per precision, side by side in the table (--precision fp32 bf16)")
     p.add_argument("--out", default=os.path.join(ROOT, "results", "throughput.md"))
     args = p.parse_args(argv)
     if args.threads:
@@ -212,11 +216,14 @@ def main(argv=None):
     device = nets.to_device(args.device)
     only = set(args.only or ["jointvae", "cascadevae", "btcvae"])
     rows = []
-    pure, x = bench_jointvae(args, device, rows)
-    if "cascadevae" in only:
-        bench_cascadevae(args, device, rows, pure, x)
-    if "btcvae" in only:
-        bench_btcvae(args, device, rows)
+    for prec in args.precision:
+        args.prec, first = prec, len(rows)
+        pure, x = bench_jointvae(args, device, rows)
+        if "cascadevae" in only:
+            bench_cascadevae(args, device, rows, pure, x)
+        if "btcvae" in only:
+            bench_btcvae(args, device, rows)
+        rows[first:] = [(m, f"{what} [{prec}]", secs, ips, note) for m, what, secs, ips, note in rows[first:]]
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
     header = (f"device: {dev}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
               f"median of {args.steps} steps after {args.warmup} warm-up")
