@@ -510,9 +510,10 @@ def _decompose(model, cfg, device, eval_ds, eval_indices, mu, logvar):
     return res
 
 def save_figures(model, cfg, ds, indices, mu, kl_units, device, out, log_path=None, decomposition=None):
-    """Reconstructions, prior samples, traversals over (-2, 2) ranked by KL (Fig. 6) and the
-    training curves of the eq. 3 terms, with the full-data values as dashed lines (the MI
-    matrix behind MIG and supp. D's Fig. S4: viz.save_factor_figures)."""
+    """Reconstructions, prior samples, traversals of the informative units over (-2, 2) ranked
+    by KL (Fig. 6; also as traversals.gif) and the training curves of the eq. 3 terms, with
+    the full-data values as dashed lines (the MI matrix behind MIG and supp. D's Fig. S4:
+    viz.save_factor_figures)."""
     model.eval()
     decode = lambda latent: torch.sigmoid(model.decode(latent.to(device))).cpu()  # noqa: E731
     x = ds.batch(indices[:8]).to(device)                                            # (8, C, H, W)
@@ -522,10 +523,17 @@ def save_figures(model, cfg, ds, indices, mu, kl_units, device, out, log_path=No
     g = torch.Generator().manual_seed(cfg["seed"])
     z = torch.randn(4, n_cols, d, generator=g)                                      # (4, cols, D) ~ p(z)
     viz.save_traversal(decode, z, os.path.join(out, "samples.png"), title="decoder means of z ~ N(0, I)")
-    # Fig. 6: one unit at a time over (-2, 2), the others at the prior mean; rows ranked by KL.
-    rows, labels = viz.unit_traversals(torch.linspace(-2.0, 2.0, n_cols), kl_units)  # (D, cols, D)
+    # Fig. 6: one unit at a time over (-2, 2), the others at the prior mean; rows ranked by KL,
+    # only the informative units (KL > 0.1 nats, at least one): a dead unit's row is blank.
+    values = torch.linspace(-2.0, 2.0, n_cols)                                      # (cols,)
+    units, n_inactive = viz.informative_units(kl_units, metrics.PRUNE_THRESHOLD)
+    rows, labels = viz.unit_traversals(values, kl_units, units=units)               # (R, cols, D)
+    note = viz.inactive_note(n_inactive, metrics.PRUNE_THRESHOLD)
     viz.save_traversal(decode, rows, os.path.join(out, "traversals.png"), row_labels=labels,
-                       title=f"z_j from -2 to 2 in {n_cols} steps, others 0; rows ranked by KL (Fig. 6)")
+                       col_labels=viz.value_labels(values),
+                       title=f"z_j from -2 to 2 in {n_cols} steps, others 0; rows ranked by KL (Fig. 6)"
+                             + (f"; {note}" if note else ""))
+    viz.save_traversal_gif(decode, rows[:10], os.path.join(out, "traversals.gif"), values, labels[:10])
     log = viz.save_log_figures(log_path, out, "KL per unit during training")
     if log is not None:
         # eq. S4 = log (1/B) sum_j q(z_i|n_j) - log N: MWS is the batch's own decomposition

@@ -422,9 +422,14 @@ def evaluate(model, cfg, device, step, out, log_path=None):
                    f"the alternating step never ran (step {step} <= t_d {cfg['t_d']}): the model is CascadeVAE-C (sec. 6)")
     labels = ds.labels[indices] if ds.labels is not None else None  # (N,)
     res.update(scoring.accuracy_scores(d, labels, reasons, no_d_reason))  # Tables 2-4
+    # One order of the values of d for every per-code figure: row k the value matched to class k.
+    class_names = data.CLASS_NAMES.get(cfg["dataset"])
+    code_rows = viz.code_order(d, labels, model.disc, class_names, "d")[:2] if use_d else None
     if res["accuracy_hungarian"] is not None:
-        viz.save_confusion(d, labels, model.disc, data.CLASS_NAMES[cfg["dataset"]], os.path.join(out, "confusion.png"),
-                           "d(x) = argmax_k log p(x|mu, e_k)", "discrete code vs class (Tables 2-4)")
+        viz.save_confusion(d, labels, model.disc, class_names, os.path.join(out, "confusion.png"),
+                           "d(x) = argmax_k log p(x|mu, e_k)", "discrete code vs class (Tables 2-4)",
+                           accuracy={"Hungarian": res["accuracy_hungarian"], "majority": res["accuracy_majority"]},
+                           prefix="d")
 
     def encode(idx):  # FactorVAE vote images: (mu, d(x)) in large no-grad batches
         return encode_dataset(model, ds, idx, device, 4 * cfg["eval_batch_size"], use_d)[::2]
@@ -437,7 +442,7 @@ def evaluate(model, cfg, device, step, out, log_path=None):
     res.update(scores, null_reasons=reasons, eval_seconds=round(time.perf_counter() - t0, 2))
     # The discrete value most images are assigned to: the continuous traversals hold d there.
     typical = int(torch.bincount(d).argmax()) if use_d else None
-    save_figures(model, cfg, ds, indices, kl_units, typical, device, use_d, out, log_path)
+    save_figures(model, cfg, ds, indices, kl_units, typical, device, use_d, out, log_path, code_rows)
     viz.save_factor_figures(out, mig_all, mu, ds, indices, data.SHAPE_NAMES if scoring.is_dsprites_grid(ds) else None)
     runs.write_json(os.path.join(out, "metrics.json"), res)
     return res
@@ -447,10 +452,12 @@ def _code(model, x, use_d):
     mu, _, _ = model.encode(x)
     return mu, (model.infer_discrete(x, mu)[0] if use_d else None)
 
-def save_figures(model, cfg, ds, indices, kl_units, typical, device, use_d, out, log_path=None):
-    """Reconstructions, samples per discrete value, traversals ranked by KL with the discrete
-    row last (Figs. 3, 5 on dSprites; 8-10), the discrete traversal (Figs. 3 right, 7, 8b), and
-    the KL bounds on I(x; z_j) and the batch's H(d) during training (Figs. 5, 9, 11; Lemma 1)."""
+def save_figures(model, cfg, ds, indices, kl_units, typical, device, use_d, out, log_path=None, code_rows=None):
+    """Reconstructions, samples per discrete value, traversals of the informative units ranked
+    by KL with the discrete row last (Figs. 3, 5 on dSprites; 8-10; also as traversals.gif),
+    the discrete traversal (Figs. 3 right, 7, 8b), and the KL bounds on I(x; z_j) and the
+    batch's H(d) during training (Figs. 5, 9, 11; Lemma 1). code_rows = (values of d, row
+    labels): the order of the per-code rows (the confusion matrix's, viz.code_order)."""
     m, s, n_cols = cfg["cont"], model.disc, 10
     model.eval()
     decode = lambda latent: torch.sigmoid(model.decode(latent.to(device))).cpu()  # noqa: E731
@@ -459,23 +466,34 @@ def save_figures(model, cfg, ds, indices, kl_units, typical, device, use_d, out,
                              os.path.join(out, "reconstructions.png"),
                              title="top: data, bottom: reconstruction from (mu, d(x))")
     eye = torch.eye(s)                                                              # (S, S) e_1..e_S
+    order, code_labels = code_rows or (list(range(s)), [f"d={k}" for k in range(s)])
     ranges = ([(cfg["traversal_range"], "--traversal-range")] if cfg.get("traversal_range")
               else TRAVERSAL_RANGES.get(cfg["dataset"], DEFAULT_TRAVERSAL))
+    # Only the informative units (KL > 0.1 nats, at least one): a dead unit's row is blank.
+    units, n_inactive = viz.informative_units(kl_units, metrics.PRUNE_THRESHOLD)
+    note = viz.inactive_note(n_inactive, metrics.PRUNE_THRESHOLD)
     for i, (span, fig) in enumerate(ranges):
         # Rows: each dim ranked by KL, the others 0, d its most common value; last: d cycling (Fig. 10).
-        rows, labels = viz.unit_traversals(torch.linspace(-span, span, n_cols), kl_units,
-                                           eye[typical] if use_d else torch.zeros(s))  # (D, cols, D+S)
+        values = torch.linspace(-span, span, n_cols)                                # (cols,)
+        rows, labels = viz.unit_traversals(values, kl_units, eye[typical] if use_d else torch.zeros(s),
+                                           units)                                   # (R, cols, D+S)
+        gif_rows, gif_labels = rows[:10], labels[:10]
         if use_d:
             cyc = torch.cat([torch.zeros(n_cols, m), eye[torch.arange(n_cols) % s]], dim=1)  # (cols, D+S)
             rows, labels = torch.cat([rows, cyc[None]]), labels + [f"d: e_1..e_{s} (period {s})"]
-        viz.save_traversal(decode, rows, os.path.join(out, "traversals.png" if i == 0 else f"traversals_{span:g}.png"),
-                           row_labels=labels, title=f"traversals in (-{span:g}, {span:g}) ranked by KL ({fig}); "
-                                                    + ("last row: discrete" if use_d else "no discrete variable"))
+        held = f"d held at {code_labels[order.index(typical)]}, last row: discrete" if use_d else "no discrete variable"
+        name = "traversals.png" if i == 0 else f"traversals_{span:g}.png"
+        viz.save_traversal(decode, rows, os.path.join(out, name), row_labels=labels,
+                           col_labels=viz.value_labels(values),
+                           title=f"traversals in (-{span:g}, {span:g}) ranked by KL ({fig}); {held}"
+                                 + (f"; {note}" if note else ""))
+        if i == 0:
+            viz.save_traversal_gif(decode, gif_rows, os.path.join(out, "traversals.gif"), values, gif_labels)
     if use_d:
         # Rows fix d = e_k: z ~ p(z) = N(0, I); and (Figs. 3 right, 7, 8b) the most informative unit traversed.
         top, span, g = int(np.argmax(kl_units)), ranges[0][0], torch.Generator().manual_seed(cfg["seed"])
         viz.save_code_figures(decode, out, torch.randn(n_cols, m, generator=g), torch.linspace(-span, span, n_cols), top,
-                              eye, [f"d={k}" for k in range(s)], ("samples, discrete value fixed per row",
+                              eye[order], code_labels, ("samples, discrete value fixed per row",
                               f"discrete value per row x z{top} (most informative) traversed (Figs. 3, 7)"))
     log = viz.save_log_figures(log_path, out, "KL(q(z_j|x)||p(z_j)), an upper bound of I(x; z_j) (Figs. 5, 9, 11)")
     if log is not None and s:
@@ -483,7 +501,8 @@ def save_figures(model, cfg, ds, indices, kl_units, typical, device, use_d, out,
         viz.plot_curves({"H(q(d)) of the batch": log["h_d"], "KL(q(d)||p(d))": log["kl_d"],
                          "Lemma 1 bound S E[1(d=d')] - 1": log["lemma1_bound"]},
                         os.path.join(out, "discrete_during_training.png"), x=log["step"], ylabel="nats, batch",
-                        hlines={"log S": math.log(s)}, title="discrete variable during training (Figs. 5, 9; Lemma 1)")
+                        hlines={f"log S = {math.log(s):.2f}": math.log(s)},
+                        title="discrete variable during training (Figs. 5, 9; Lemma 1)")
 
 def load_for_evaluation(cfg, device):
     """--eval-only / --pretrained: the checkpoint's model and step; the architecture and the

@@ -310,9 +310,13 @@ def evaluate(model, cfg, device, step, out, log_path=None):
     code = joint_code(alphas, cfg["disc"]) if alphas else None                # (N,) the joint code
     labels = ds.labels[indices] if ds.labels is not None else None          # (N,)
     res.update(scoring.accuracy_scores(code, labels, reasons, "no discrete latent (--disc is empty)"))  # sec. 4.3
+    # One order of the codes for every per-code figure: row k the code matched to class k.
+    class_names = data.CLASS_NAMES.get(cfg["dataset"])
+    code_rows = viz.code_order(code, labels, int(np.prod(cfg["disc"])), class_names)[:2] if alphas else None
     if res["accuracy_hungarian"] is not None:
-        viz.save_confusion(code, labels, int(np.prod(cfg["disc"])), data.CLASS_NAMES[cfg["dataset"]],
-                           os.path.join(out, "confusion.png"), "argmax q(c|x)", "discrete code vs class (sec. 4.3)")
+        viz.save_confusion(code, labels, int(np.prod(cfg["disc"])), class_names, os.path.join(out, "confusion.png"),
+                           "argmax q(c|x)", "discrete code vs class (sec. 4.3)",
+                           accuracy={"Hungarian": res["accuracy_hungarian"], "majority": res["accuracy_majority"]})
 
     def encode(idx):  # FactorVAE vote images: (mu, joint code of c) in large no-grad batches
         v_mu, _, v_alphas = encode_dataset(model, ds, idx, device, 4 * cfg["eval_batch_size"])
@@ -325,16 +329,18 @@ def evaluate(model, cfg, device, step, out, log_path=None):
     res.update(scores, null_reasons=reasons, eval_seconds=round(time.perf_counter() - t0, 2))
     # The discrete value most images are assigned to: the continuous traversals hold c there.
     typical = int(torch.bincount(code).argmax()) if alphas else 0
-    save_figures(model, cfg, ds, indices, kl_units, typical, device, out, log_path)
+    save_figures(model, cfg, ds, indices, kl_units, typical, device, out, log_path, code_rows)
     viz.save_factor_figures(out, mig_all, mu, ds, indices, data.SHAPE_NAMES if scoring.is_dsprites_grid(ds) else None)
     runs.write_json(os.path.join(out, "metrics.json"), res)
     return res
 
 
-def save_figures(model, cfg, ds, indices, kl_units, typical, device, out, log_path=None):
+def save_figures(model, cfg, ds, indices, kl_units, typical, device, out, log_path=None, code_rows=None):
     """Reconstructions, samples per discrete value (Fig. 4a MNIST, 4b Fashion-MNIST), ranked
-    traversals (Fig. 7b, App. G), Fig. 2's traversals from random settings, the discrete
-    traversal (Fig. 4c) and KL during training (Fig. 7a)."""
+    traversals of the informative units (Fig. 7b, App. G; also as traversals.gif), Fig. 2's
+    traversals from random settings, the discrete traversal (Fig. 4c) and KL during training
+    (Fig. 7a). code_rows = (codes, row labels): the order of the per-code rows (the
+    confusion matrix's, viz.code_order); default 0..K-1."""
     model.eval()
     decode = lambda latent: torch.sigmoid(model.decode(latent.to(device))).cpu()  # noqa: E731
     x = ds.batch(indices[:8]).to(device)                                            # (8, C, H, W)
@@ -342,21 +348,30 @@ def save_figures(model, cfg, ds, indices, kl_units, typical, device, out, log_pa
     d, disc, n_cols = cfg["cont"], cfg["disc"], 10
     g = torch.Generator().manual_seed(cfg["seed"])
     all_configs = _disc_configs(disc)                                               # (prod K, Ktot)
-    configs = all_configs[:20]                                                      # rows: discrete values
+    order, code_labels = code_rows or (list(range(len(all_configs))), [f"c={i}" for i in range(len(all_configs))])
+    configs = [all_configs[k] for k in order[:20]]                                  # rows: discrete values
     fig4 = "Fig. 4b" if cfg["dataset"] == "fashion-mnist" else "Fig. 4a"
     # App. G: traversal values Phi^-1(0.05) .. Phi^-1(0.95), rows ranked by KL (Fig. 7b).
     ppf = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n_cols))  # (cols,)
     if disc:
         # Rows fix the discrete code: Fig. 4a/b with z ~ p(z) = N(0, I) across the row; Fig. 4c
         # with the most informative unit traversed.
-        viz.save_code_figures(decode, out, torch.randn(n_cols, d, generator=g), ppf,
-                              int(np.argmax(kl_units)) if d else 0, configs, [f"c={i}" for i in range(len(configs))],
+        top = int(np.argmax(kl_units)) if d else 0
+        viz.save_code_figures(decode, out, torch.randn(n_cols, d, generator=g), ppf, top, configs, code_labels[:20],
                               (f"samples, discrete code fixed per row ({fig4})",
-                               "discrete value per row x most informative unit (Fig. 4c)"))
+                               f"discrete value per row x z{top} (most informative) traversed (Fig. 4c)"
+                               if d else "discrete value per row (Fig. 4c)"))
     if d:
-        rows, labels = viz.unit_traversals(ppf, kl_units, all_configs[typical])    # (D, cols, D+Ktot)
+        # Only the informative units (KL > 0.1 nats, at least one): a dead unit's row is blank.
+        units, n_inactive = viz.informative_units(kl_units, metrics.PRUNE_THRESHOLD)
+        rows, labels = viz.unit_traversals(ppf, kl_units, all_configs[typical], units)  # (R, cols, D+Ktot)
+        note = viz.inactive_note(n_inactive, metrics.PRUNE_THRESHOLD)
         viz.save_traversal(decode, rows, os.path.join(out, "traversals.png"), row_labels=labels,
-                           title="continuous traversals ranked by KL (Fig. 7b, App. G)")
+                           col_labels=viz.value_labels(ppf),
+                           title="continuous traversals ranked by KL (Fig. 7b, App. G), "
+                                 f"{'at ' + code_labels[order.index(typical)] if disc else 'no discrete code'}"
+                                 + (f"; {note}" if note else ""))
+        viz.save_traversal_gif(decode, rows[:10], os.path.join(out, "traversals.gif"), ppf, labels[:10])
         # Fig. 2: each block varies one unit (the 3 most informative) across the columns;
         # each row is a fixed random setting of the other latents (z ~ p(z), a random c).
         blocks, labels = [], []
@@ -368,9 +383,11 @@ def save_figures(model, cfg, ds, indices, kl_units, typical, device, out, log_pa
                 blocks.append(torch.cat([z, c.expand(n_cols, -1)], dim=1))           # (cols, D+Ktot)
                 labels.append(f"z{j}, setting {r + 1}")
         viz.save_traversal(decode, torch.stack(blocks), os.path.join(out, "traversals_fig2.png"),
-                           row_labels=labels, title="one unit varied per block, rows: random settings (Fig. 2)")
+                           row_labels=labels, col_labels=viz.value_labels(ppf),
+                           title="one unit varied per block, rows: random settings (Fig. 2)")
+    clip = sum(math.log(k) for k in disc)
     viz.save_log_figures(log_path, out, "KL per unit during training (Fig. 7a)",
-                         hlines={"C_c clip sum log K": sum(math.log(k) for k in disc)} if disc else None)
+                         hlines={f"C_c clip: sum log K = {clip:.2f}": clip} if disc else None)
 
 def _disc_configs(disc):
     """All joint one-hot configurations of the discrete variables: list of (Ktot,) tensors."""
