@@ -448,7 +448,7 @@ def encode_dataset(model, ds, indices, device, batch_size=512):
 
 
 @torch.no_grad()
-def evaluate(model, cfg, device, step, out, log_path=None):
+def evaluate(model, cfg, device, step, out=None, log_path=None):
     """Encode the evaluation split (or --eval-samples of it), decompose eq. 3 over the
     training set (or the same-sized subset of it), and write metrics.json and the figures
     into `out`. NOTE: the codes are posterior means (MIG, FactorVAE score, figures)."""
@@ -476,6 +476,8 @@ def evaluate(model, cfg, device, step, out, log_path=None):
     else:
         reasons["decomposition"] = "skipped with --decomp-samples 0"
     res.update(null_reasons=reasons, eval_seconds=round(time.perf_counter() - t0, 2))
+    if out is None:                                           # --eval-every: the metrics only
+        return res
     save_figures(model, cfg, ds, indices, mu, kl_units, device, out, log_path, res["decomposition"])
     viz.save_factor_figures(out, mig_all, mu, ds, indices, data.SHAPE_NAMES if scoring.is_dsprites_grid(ds) else None)
     runs.write_json(os.path.join(out, "metrics.json"), res)
@@ -712,7 +714,13 @@ def main(argv=None):
               f"parameters ({cfg['arch']}), device {device}, run folder {cfg['out']}")
         with runs.TrainLog(cfg, log_columns(cfg), step, total, device, "btcvae", window, argv,
                            nan_hint="lower --lr or --beta, or check the input data") as log:
-            step = train(model, optimizer, ds, cfg, step, total, log, device)
+            while True:  # training slices, with the --eval-every evaluations (metrics only) between them
+                if log.eval_due(step):
+                    with runs.rng_isolated():                 # the training RNG streams stay untouched
+                        log.record_eval(step, evaluate(model, cfg, device, step))
+                if step >= total or log.stopped:
+                    break
+                step = train(model, optimizer, ds, cfg, step, log.next_stop(step), log, device)
         if not log.finish() or cfg["no_eval"]:
             return None
         with runs.staged_evaluation(cfg, "btcvae") as out:

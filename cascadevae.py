@@ -396,7 +396,7 @@ def encode_dataset(model, ds, indices, device, batch_size=512, discrete=True):
     return parts[0], parts[1], (parts[2] if discrete else None)  # (N, D), (N, D), d (N,) or None
 
 @torch.no_grad()
-def evaluate(model, cfg, device, step, out, log_path=None):
+def evaluate(model, cfg, device, step, out=None, log_path=None):
     """Encode the evaluation split (or --eval-samples of it) and write metrics.json and the
     figures into `out`.
     NOTE: the authors' code keeps the checkpoint (of one every 1e4 updates) with the best
@@ -425,7 +425,7 @@ def evaluate(model, cfg, device, step, out, log_path=None):
     # One order of the values of d for every per-code figure: row k the value matched to class k.
     class_names = data.CLASS_NAMES.get(cfg["dataset"])
     code_rows = viz.code_order(d, labels, model.disc, class_names, "d")[:2] if use_d else None
-    if res["accuracy_hungarian"] is not None:
+    if res["accuracy_hungarian"] is not None and out is not None:
         viz.save_confusion(d, labels, model.disc, class_names, os.path.join(out, "confusion.png"),
                            "d(x) = argmax_k log p(x|mu, e_k)", "discrete code vs class (Tables 2-4)",
                            accuracy={"Hungarian": res["accuracy_hungarian"], "majority": res["accuracy_majority"]},
@@ -442,6 +442,8 @@ def evaluate(model, cfg, device, step, out, log_path=None):
     res.update(scores, null_reasons=reasons, eval_seconds=round(time.perf_counter() - t0, 2))
     # The discrete value most images are assigned to: the continuous traversals hold d there.
     typical = int(torch.bincount(d).argmax()) if use_d else None
+    if out is None:                                           # --eval-every: the metrics only
+        return res
     save_figures(model, cfg, ds, indices, kl_units, typical, device, use_d, out, log_path, code_rows)
     viz.save_factor_figures(out, mig_all, mu, ds, indices, data.SHAPE_NAMES if scoring.is_dsprites_grid(ds) else None)
     runs.write_json(os.path.join(out, "metrics.json"), res)
@@ -697,7 +699,13 @@ def main(argv=None):
                   "run trains CascadeVAE-C (sec. 6); lower --t-d to learn the discrete factor.")
         with runs.TrainLog(cfg, log_columns(cfg), step, total, device, "cascadevae", window, argv,
                            nan_hint="lower --lr, or check the input data") as log:
-            step = train(model, optimizer, ds, cfg, step, total, log, device)
+            while True:  # training slices, with the --eval-every evaluations (metrics only) between them
+                if log.eval_due(step):
+                    with runs.rng_isolated():                 # the training RNG streams stay untouched
+                        log.record_eval(step, evaluate(model, cfg, device, step))
+                if step >= total or log.stopped:
+                    break
+                step = train(model, optimizer, ds, cfg, step, log.next_stop(step), log, device)
         if not log.finish() or cfg["no_eval"]:
             return None
         with runs.staged_evaluation(cfg, "cascadevae") as out:

@@ -289,7 +289,7 @@ def joint_code(alphas, disc):
     return code
 
 @torch.no_grad()
-def evaluate(model, cfg, device, step, out, log_path=None):
+def evaluate(model, cfg, device, step, out=None, log_path=None):
     """Encode the evaluation split (or --eval-samples of it) and write metrics.json and the
     figures into `out`. NOTE: z is the posterior mean and c the one-hot argmax of alpha, as
     the author's code does in eval mode."""
@@ -313,7 +313,7 @@ def evaluate(model, cfg, device, step, out, log_path=None):
     # One order of the codes for every per-code figure: row k the code matched to class k.
     class_names = data.CLASS_NAMES.get(cfg["dataset"])
     code_rows = viz.code_order(code, labels, int(np.prod(cfg["disc"])), class_names)[:2] if alphas else None
-    if res["accuracy_hungarian"] is not None:
+    if res["accuracy_hungarian"] is not None and out is not None:
         viz.save_confusion(code, labels, int(np.prod(cfg["disc"])), class_names, os.path.join(out, "confusion.png"),
                            "argmax q(c|x)", "discrete code vs class (sec. 4.3)",
                            accuracy={"Hungarian": res["accuracy_hungarian"], "majority": res["accuracy_majority"]})
@@ -329,6 +329,8 @@ def evaluate(model, cfg, device, step, out, log_path=None):
     res.update(scores, null_reasons=reasons, eval_seconds=round(time.perf_counter() - t0, 2))
     # The discrete value most images are assigned to: the continuous traversals hold c there.
     typical = int(torch.bincount(code).argmax()) if alphas else 0
+    if out is None:                                           # --eval-every: the metrics only
+        return res
     save_figures(model, cfg, ds, indices, kl_units, typical, device, out, log_path, code_rows)
     viz.save_factor_figures(out, mig_all, mu, ds, indices, data.SHAPE_NAMES if scoring.is_dsprites_grid(ds) else None)
     runs.write_json(os.path.join(out, "metrics.json"), res)
@@ -584,7 +586,13 @@ def main(argv=None):
               f"{nets.count_parameters(model)} parameters, device {device}, run folder {cfg['out']}")
         with runs.TrainLog(cfg, log_columns(cfg), step, total, device, "jointvae", window, argv,
                            nan_hint="lower --lr or --gamma, or check the input data") as log:
-            step = train(model, optimizer, ds, cfg, step, total, log, device)
+            while True:  # training slices, with the --eval-every evaluations (metrics only) between them
+                if log.eval_due(step):
+                    with runs.rng_isolated():                 # the training RNG streams stay untouched
+                        log.record_eval(step, evaluate(model, cfg, device, step))
+                if step >= total or log.stopped:
+                    break
+                step = train(model, optimizer, ds, cfg, step, log.next_stop(step), log, device)
         if not log.finish() or cfg["no_eval"]:
             return None
         with runs.staged_evaluation(cfg, "jointvae") as out:

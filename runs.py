@@ -47,7 +47,8 @@ import torch
 # Files that make a folder "a run": a new run refuses to start beside them.
 RUN_FILES = ("checkpoint.pt", "log.csv", "config.json", "metrics.json")
 # What `--overwrite` deletes of the old run (its evaluation files come from eval_files.json).
-OLD_RUN_FILES = ("checkpoint.pt", "log.csv", "config.json", "metrics.json", "eval_config.json", "eval_files.json")
+OLD_RUN_FILES = ("checkpoint.pt", "log.csv", "evals.csv", "config.json", "metrics.json", "eval_config.json",
+                 "eval_files.json")
 
 # Flags that change only how a resumed run goes on (length, logging, hardware, evaluation):
 # applied on --resume. Every other key changes the model, the data or the objective.
@@ -55,20 +56,23 @@ CONTINUE_KEYS = frozenset({
     "iterations", "epochs", "log_every", "save_every", "no_progress", "device", "eval_samples",
     "eval_batch_size", "metric_votes", "no_eval", "time_budget", "data_dir", "download",
     "eval_split", "out", "resume", "checkpoint", "overwrite", "force_resume", "eval_only",
-    "decomp_samples", "pretrained", "weights_dir", "traversal_range",
+    "decomp_samples", "pretrained", "weights_dir", "traversal_range", "eval_every", "stop_at",
 })
 
 # Flags that hold for one invocation only: a resume does not inherit them from the run.
-PER_INVOCATION = frozenset({"time_budget", "overwrite", "force_resume", "resume", "checkpoint", "eval_only",
-                            "pretrained", "weights_dir"})
+PER_INVOCATION = frozenset({"time_budget", "stop_at", "overwrite", "force_resume", "resume", "checkpoint",
+                            "eval_only", "pretrained", "weights_dir"})
 
 # The defaults of the flags add_run_flags defines (a script's DEFAULTS add its own).
 RUN_DEFAULTS = dict(
     data_dir="data", download=True, train_split=None, eval_split=None, seed=0, device="auto", out=None,
     log_every=100, eval_samples=None, eval_batch_size=512, metric_votes=800, eval_only=False, checkpoint=None,
     resume=None, no_eval=False, no_progress=False, time_budget=None, overwrite=False, force_resume=False,
-    pretrained=False, weights_dir=None, precision="fp32",
+    pretrained=False, weights_dir=None, precision="fp32", eval_every=0, stop_at=None,
 )
+
+# The metrics an in-run evaluation prints (all of its scalars go to evals.csv).
+EVAL_SHOWN = ("accuracy_hungarian", "accuracy_majority", "recon_eval", "mig", "factor_vae_score")
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "weights")
 
@@ -125,6 +129,18 @@ def set_rng_state(state):
                          *state.get("numpy_gauss", [0, 0.0])))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def rng_isolated():
+    """Run a block (an in-run evaluation) without moving any RNG the training draws from:
+    every generator's state is put back afterwards, so a run with --eval-every trains
+    bit for bit as one without."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 def _as_tuple(x):
@@ -371,6 +387,11 @@ def add_run_flags(p, method, data_help):
                    help="fp32 (the papers'), or bf16: the networks under autocast, every equation in fp32")
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="stop after MINUTES with a checkpoint; continue with the same command and --resume")
+    p.add_argument("--stop-at", type=int, metavar="UPDATE",
+                   help="stop after update UPDATE with a checkpoint, like --time-budget (a slice that ends at a known step)")
+    p.add_argument("--eval-every", type=int, metavar="N",
+                   help="also evaluate every N updates (metrics only, the training RNG untouched) into OUT/evals.csv; "
+                        "0: off")
     return p
 
 
@@ -490,7 +511,7 @@ def validate_run_flags(cfg, finite_keys):
     anything is written (including the flags only evaluation and figures use)."""
     check_finite_flags(cfg, ("lr", "epochs", "time_budget", "traversal_range") + tuple(finite_keys))
     for key in ("seed", "iterations", "batch_size", "log_every", "save_every", "eval_batch_size", "metric_votes",
-                "eval_samples"):
+                "eval_samples", "eval_every", "stop_at"):
         value = cfg.get(key)
         if value is not None and abs(value) > 2 ** 62:
             raise ValueError(f"--{key.replace('_', '-')} {value}: too large; give a number below 2^62.")
@@ -504,6 +525,10 @@ def validate_run_flags(cfg, finite_keys):
         (cfg.get("epochs") is not None and cfg["epochs"] < 0, "--epochs must be >= 0."),
         (cfg["log_every"] < 1 or cfg["save_every"] < 1, "--log-every and --save-every must be >= 1."),
         (cfg["eval_samples"] is not None and cfg["eval_samples"] < 1, "--eval-samples must be >= 1."),
+        (cfg.get("eval_every", 0) < 0, f"--eval-every {cfg.get('eval_every')}: give the updates between evaluations "
+                                       "(>= 1), or 0 for none."),
+        (cfg.get("stop_at") is not None and cfg["stop_at"] < 1,
+         f"--stop-at {cfg.get('stop_at')}: give the update after which to stop (>= 1)."),
         (cfg["eval_batch_size"] < 1, f"--eval-batch-size {cfg['eval_batch_size']}: need at least 1 image per batch."),
         (cfg["metric_votes"] < 1, f"--metric-votes {cfg['metric_votes']}: the FactorVAE score needs at least 1 vote."),
         (cfg.get("traversal_range") is not None and not 0 < cfg["traversal_range"] <= 100,
@@ -666,6 +691,7 @@ def restore(cfg, model, optimizer, method, total):
         group["lr"] = cfg["lr"]
     step = int(ckpt["step"])
     truncate_log(os.path.join(out, "log.csv"), step)
+    truncate_log(os.path.join(out, "evals.csv"), step)
     changes = cfg.get("resume_changes") or {}
     print(f"resumed {out} at step {step}" + "".join(f"; {k}: {o!r} -> {n!r}" for k, (o, n) in changes.items()))
     if step > total:
@@ -675,7 +701,8 @@ def restore(cfg, model, optimizer, method, total):
 
 
 def truncate_log(log_path, step):
-    """Drop log rows written after the checkpoint we resume from (they will be redone)."""
+    """Drop log.csv / evals.csv rows written after the checkpoint we resume from (they will
+    be redone)."""
     if not os.path.exists(log_path):
         return
     with open(log_path, newline="") as f:
@@ -736,6 +763,12 @@ class TrainLog:
         self.finite = torch.ones((), dtype=torch.bool, device=device)  # every loss since the start finite
         self.t_start, self.start_step, self.step, self.stopped = time.perf_counter(), step, step, False
         self.pending, self.good_step = None, None
+        self.stop_at, self.eval_every = cfg.get("stop_at"), cfg.get("eval_every") or 0
+        if self.stop_at is not None and self.stop_at <= step:
+            raise RunError(f"--stop-at {self.stop_at}: the run is already at update {step}; give a later update.")
+        self.evals_path = os.path.join(cfg["out"], "evals.csv")
+        self.evaluated = {int(float(r["step"])) for r in read_log_rows(self.evals_path)} \
+            if os.path.exists(self.evals_path) else set()
 
     def __enter__(self):
         return self
@@ -765,7 +798,7 @@ class TrainLog:
         if step % self.cfg["log_every"] == 0 or step == self.total:
             self._write_row(step, mean, host, now or {})
         self.bar.update(1)
-        self.stopped = step < self.total and self.budget.expired()
+        self.stopped = step < self.total and (self.budget.expired() or step == self.stop_at)
         if step % self.cfg["save_every"] == 0 or step == self.total or self.stopped:
             self._check_finite(step)
             self.pending = checkpoint_state(model, optimizer, step, self.cfg, self.method, self._window())
@@ -774,6 +807,41 @@ class TrainLog:
                     raise FloatingPointError(step)
                 self._write_pending()
         return self.stopped
+
+    def next_stop(self, step):
+        """Where the next training slice ends: the next multiple of --eval-every, or the end."""
+        if not self.eval_every:
+            return self.total
+        return min(self.total, (step // self.eval_every + 1) * self.eval_every)
+
+    def eval_due(self, step):
+        """Whether --eval-every asks for an evaluation at `step` that evals.csv lacks (a resumed
+        run catches up on the one its pause skipped)."""
+        return (bool(self.eval_every) and step > 0 and step % self.eval_every == 0
+                and not self.stopped and step not in self.evaluated)
+
+    def record_eval(self, step, res):
+        """Append the scalar metrics of an in-run evaluation to evals.csv (one row per
+        evaluated update) and keep its time (res["eval_seconds"]) out of the training rows'
+        throughput."""
+        seconds = float(res.get("eval_seconds") or 0.0)
+        values = {k: v for k, v in res.items()
+                  if k != "step" and (v is None or isinstance(v, (bool, int, float)))}
+        if os.path.exists(self.evals_path):
+            with open(self.evals_path, newline="") as f:
+                columns = next(csv.reader(f))[1:]
+        else:
+            columns = sorted(values)
+        with open(self.evals_path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if f.tell() == 0:
+                writer.writerow(["step", *columns])
+            writer.writerow([step] + ["" if values.get(c) is None else f"{values[c]:.6g}" for c in columns])
+        self.evaluated.add(step)
+        self.t_last += seconds
+        self.t_start += seconds
+        shown = [f"{k} {values[k]:.4g}" for k in EVAL_SHOWN if values.get(k) is not None]
+        print(f"evaluation at update {step} ({seconds:.0f} s): " + (", ".join(shown) or "see evals.csv"), flush=True)
 
     def _check_finite(self, step):
         if not bool(self.finite):
@@ -849,6 +917,7 @@ def _open_log(out, columns, step, changes=None):
 
 def paused_message(cfg, step, total, prog, argv, budget=None):
     why = (f"{budget.signalled} received" if budget is not None and budget.signalled
+           else f"--stop-at {step} reached" if step == cfg.get("stop_at")
            else f"time budget of {cfg['time_budget']:g} min reached")
     return (f"{why} at step {step} of {total}; checkpoint saved in {cfg['out']}. "
             f"Continue with: {resume_command(prog, argv, cfg['out'])}")

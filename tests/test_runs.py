@@ -100,6 +100,56 @@ def test_time_budget_split_in_three_equals_a_straight_run(name, tmp_path, monkey
     assert resumed == straight
 
 
+def _evals(path):
+    return [{k: v for k, v in r.items() if "seconds" not in k} for r in runs.read_log_rows(path)]  # timing differs
+
+
+def _same_state(a, b):
+    assert a["step"] == b["step"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"]) and a["rng"]["python"] == b["rng"]["python"]
+    assert torch.equal(a["rng"]["numpy"], b["rng"]["numpy"])
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_eval_every_leaves_training_bit_exact_and_resumes_exactly(name, tmp_path, capsys):
+    mod, base = SCRIPTS[name]
+    common = base + ["--iterations", "12", "--seed", "3", "--no-eval"]
+    mod.main(common + ["--out", str(tmp_path / "plain")])
+    with_evals = str(tmp_path / "evals")
+    mod.main(common + ["--out", with_evals, "--eval-every", "4"])
+    plain = torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=True)
+    _same_state(plain, torch.load(os.path.join(with_evals, "checkpoint.pt"), weights_only=True))
+    assert _rows(tmp_path / "plain" / "log.csv") == _rows(os.path.join(with_evals, "log.csv"))
+    straight = _evals(os.path.join(with_evals, "evals.csv"))
+    assert [r["step"] for r in straight] == ["4", "8", "12"]
+    assert all(r["recon_eval"] not in ("", None) for r in straight)
+    # Slices: a pause between evaluations, a pause on an evaluation's update (the evaluation
+    # is skipped there and done first on resume), and a stale row after the checkpoint.
+    split = str(tmp_path / "split")
+    mod.main(common + ["--out", split, "--eval-every", "4", "--stop-at", "6"])
+    assert "--stop-at 6 reached at step 6 of 12" in capsys.readouterr().out
+    with open(os.path.join(split, "evals.csv"), "a") as f:
+        f.write("10" + ",0" * (len(straight[0]) - 1) + "\n")     # written after the checkpoint: dropped
+    mod.main(["--resume", split, "--stop-at", "8", "--no-progress"])
+    assert [r["step"] for r in _evals(os.path.join(split, "evals.csv"))] == ["4"]
+    mod.main(["--resume", split, "--no-progress"])
+    _same_state(plain, torch.load(os.path.join(split, "checkpoint.pt"), weights_only=True))
+    assert _rows(os.path.join(split, "log.csv")) == _rows(tmp_path / "plain" / "log.csv")
+    assert _evals(os.path.join(split, "evals.csv")) == straight
+
+
+def test_stop_at_and_eval_every_reject_bad_values(tmp_path, capsys):
+    mod, base = SCRIPTS["jointvae"]
+    out = str(tmp_path / "run")
+    assert "--eval-every -1" in _error(capsys, mod, base + ["--iterations", "4", "--out", out, "--eval-every", "-1"])
+    mod.main(base + ["--iterations", "8", "--no-eval", "--out", out, "--stop-at", "4"])
+    capsys.readouterr()
+    assert "already at update 4" in _error(capsys, mod, ["--resume", out, "--stop-at", "3"])
+
+
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_resume_writes_into_the_folder_it_is_given(name, tmp_path, monkeypatch):
     mod, base = SCRIPTS[name]
