@@ -249,3 +249,60 @@ def release(run_dir, method, weights_dir=WEIGHTS_DIR, name=None, **provenance):
     if previous is not None:
         _remove(previous)
     return path, entry
+
+
+# ---------------------------------------------------------------------------
+# The README's table of released models: generated, so it cannot drift from the manifest
+# ---------------------------------------------------------------------------
+
+README_BEGIN = "<!-- released-models: generated from results/weights/manifest.json by `python benchmarks/release.py --readme` -->"
+README_END = "<!-- /released-models -->"
+METHOD_NAMES = {"jointvae": "JointVAE", "btcvae": "beta-TCVAE", "cascadevae": "CascadeVAE"}
+
+
+def _pct(metrics, key):
+    value = metrics.get(key)
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def readme_table(entries):
+    """Markdown rows of the released models: what each is, its training, its metrics."""
+    rows = ["| model | data (train / eval split) | seed | updates | accuracy Hungarian / majority (%) | "
+            "reconstruction (nats) | training wall time | command |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for e in sorted(entries, key=lambda e: (e["method"], e["dataset"], e["name"], e["seed"])):
+        m = e.get("metrics", {})
+        wall = e.get("wall_seconds")
+        recon = "-" if m.get("recon_eval") is None else f"{m['recon_eval']:.1f}"
+        wall = "-" if wall is None else f"{wall / 60:.1f} min ({e.get('device', '?')})"
+        name = METHOD_NAMES.get(e["method"], e["method"]) + ("" if e["name"] == e["method"] else f" ({e['name']})")
+        rows.append(f"| {name} | {e['dataset']} ({e.get('train_split', '?')} / {e.get('eval_split', '?')}) "
+                    f"| {e['seed']} | {e.get('updates', 0):,} | {_pct(m, 'accuracy_hungarian')} / "
+                    f"{_pct(m, 'accuracy_majority')} | {recon} | {wall} "
+                    f"| `python {e['method']}.py --dataset {e['dataset']} --seed {e['seed']} --pretrained` |")
+    return "\n".join(rows)
+
+
+def readme_block(weights_dir=WEIGHTS_DIR):
+    return f"{README_BEGIN}\n{readme_table(read_manifest(weights_dir))}\n{README_END}"
+
+
+def update_readme(path, weights_dir=WEIGHTS_DIR):
+    """Rewrite the released-models block of README.md from the manifest; True if it changed."""
+    text = open(path).read()
+    i, j = text.find(README_BEGIN), text.find(README_END)
+    if i < 0 or j < i:
+        raise ReleaseError(f"{path} has no released-models block ({README_BEGIN} ... {README_END}).")
+    new = text[:i] + readme_block(weights_dir) + text[j + len(README_END):]
+    if new != text:
+        atomic_write(path, lambda f: f.write(new))
+    return new != text
+
+
+if __name__ == "__main__":
+    import argparse
+    p = argparse.ArgumentParser(description="Write README.md's table of released models from the manifest.")
+    p.add_argument("--readme", default=os.path.join(ROOT, "README.md"))
+    p.add_argument("--weights-dir", default=WEIGHTS_DIR)
+    a = p.parse_args()
+    print(f"{a.readme}: " + ("updated" if update_readme(a.readme, a.weights_dir) else "already up to date"))
