@@ -235,6 +235,19 @@ def release(run_dir, method, weights_dir=WEIGHTS_DIR, name=None, **provenance):
         if previous is not None:
             _remove(previous)
         raise
+    # 1b. the run's trajectory (--eval-every), kept with the release: evals/<run>/evals.csv.
+    evals = os.path.join(run_dir, "evals.csv")
+    if os.path.isfile(evals):
+        rel = os.path.join("evals", provenance.get("run") or os.path.basename(os.path.normpath(run_dir)), "evals.csv")
+        with open(evals) as f:
+            text = f.read()
+        try:
+            os.makedirs(os.path.dirname(os.path.join(weights_dir, rel)), exist_ok=True)
+        except OSError as err:
+            raise ReleaseError(f"could not create {os.path.dirname(os.path.join(weights_dir, rel))} "
+                               f"({_reason(err)}).") from None
+        atomic_write(os.path.join(weights_dir, rel), lambda f: f.write(text))
+        entry["evals"] = rel
     # 2. the manifest entry, last.
     try:
         write_json(os.path.join(weights_dir, "manifest.json"), dict(note=NOTE, weights=entries))

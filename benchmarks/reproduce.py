@@ -57,24 +57,26 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _import_release():
-    """benchmarks/release.py (weights + manifest, atomic files), imported by its path: putting
-    benchmarks/ on sys.path would let benchmarks/metrics.py shadow the repository's metrics.py."""
+def _import_release(name="release"):
+    """benchmarks/release.py (weights + manifest, atomic files) or another benchmarks/ module,
+    imported by its path: putting benchmarks/ on sys.path would let benchmarks/metrics.py
+    shadow the repository's metrics.py."""
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "release.py")
-    module = sys.modules.get("release")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
+    module = sys.modules.get(name)
     if module is not None and os.path.abspath(getattr(module, "__file__", "") or "") == path:
         return module
-    spec = importlib.util.spec_from_file_location("release", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["release"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
 releaser = _import_release()
 ReleaseError = releaser.ReleaseError
+trajectory = _import_release("trajectory")
 
 # Paper values: (value in %, std or None, source). Percent for accuracies and the
 # FactorVAE score, as the papers print them; MIG is a fraction in [0, 1].
@@ -496,6 +498,16 @@ def read_run(out, weights_dir=releaser.WEIGHTS_DIR):
     return m
 
 
+def read_evals(out, weights_dir=releaser.WEIGHTS_DIR):
+    """The rows of a run's evals.csv: in its folder, or kept with its release
+    (weights_dir/evals/<protocol>/<run>/evals.csv); [] without one."""
+    for path in (os.path.join(out, "evals.csv"),
+                 os.path.join(weights_dir, "evals", *os.path.normpath(out).split(os.sep)[-2:], "evals.csv")):
+        if os.path.isfile(path):
+            return trajectory.read_evals(path)
+    return []
+
+
 def run_status(out, weights_dir=releaser.WEIGHTS_DIR):
     """("done", metrics), ("failed", one sentence) or ("not run", None) for one run folder.
     A run whose last slice exited non-zero (not on a stop signal) has failed; a paused run
@@ -575,7 +587,7 @@ def collect(protocol, quick, seeds, runs_dir, arms=None, results_dir=None, weigh
                     status, value = "failed", (f"{os.path.join(out, 'metrics.json')}: field `{bad[0]}` is "
                                                f"{value[bad[0]]!r}, not a number.")
             if status == "done" and out not in failures:
-                runs_[seed] = value
+                runs_[seed] = dict(value, _evals=read_evals(out, weights_dir))
             elif status == "failed" or out in failures:
                 failed[seed] = failures.get(out) or value
                 if fresh:
@@ -591,6 +603,10 @@ def collect(protocol, quick, seeds, runs_dir, arms=None, results_dir=None, weigh
             scale = 100.0 if metric in PERCENT_METRICS else 1.0
             per_seed = "; ".join(f"s{seed} {scale * r[metric]:.{2 if scale == 100.0 else 3}f}"
                                  for seed, r in runs_.items() if r.get(metric) is not None)
+            best = {seed: trajectory.best_of(r["_evals"], metric) for seed, r in runs_.items()}
+            best = {seed: vs for seed, vs in best.items() if vs[0] is not None}
+            best_cell = "; ".join(f"s{seed} {scale * v:.{2 if scale == 100.0 else 3}f} at {at:,}"
+                                  for seed, (v, at) in best.items())
             walls = [r["_wall"] for r in done if _is_number(r.get("_wall"))]
             iters = sorted({str(r["_iterations"]) for r in done if r.get("_iterations") is not None})
             devices = sorted({str(r["_device"]) for r in done if r.get("_device")})
@@ -599,6 +615,7 @@ def collect(protocol, quick, seeds, runs_dir, arms=None, results_dir=None, weigh
                 method=arm, metric=metric + (" (%)" if metric in PERCENT_METRICS else ""),
                 paper=_fmt_paper(paper.get(arm, [])),
                 ours=_fmt_ours(values, metric), per_seed=per_seed or "-",
+                best_of_10k=(f"{_fmt_ours([v for v, _ in best.values()], metric)} ({best_cell})" if best else "-"),
                 seeds=f"{sum(v is not None for v in values)}/{len(seeds)}",
                 iterations=",".join(iters) or "-",
                 device=",".join(devices) or "-",
@@ -608,7 +625,12 @@ def collect(protocol, quick, seeds, runs_dir, arms=None, results_dir=None, weigh
     return rows
 
 
-COLUMNS = ["method", "metric", "paper", "ours", "per_seed", "seeds", "iterations", "device", "wall_per_run", "failed"]
+COLUMNS = ["method", "metric", "paper", "ours", "per_seed", "best_of_10k", "seeds", "iterations", "device",
+           "wall_per_run", "failed"]
+BEST_NOTE = ("`ours` is the last model. `best_of_10k`: the best score among the checkpoints at multiples of "
+             "10,000 updates (the authors' selection rule, which picks with the ground-truth labels; from the "
+             "run's evals.csv, `--eval-every 10000`), per seed with its update; the gap to `ours` is what the "
+             "rule adds to a number.")
 
 
 def write_tables(protocol, quick, rows, results_dir):
@@ -623,7 +645,7 @@ def write_tables(protocol, quick, rows, results_dir):
     releaser.atomic_write(stem + ".csv", write_csv)
     spec = PROTOCOLS[protocol]
     lines = [f"### {protocol}{' --quick (NOT the paper protocol)' if quick else ''}", "",
-             spec["doc"] + " " + spec["data_note"], "",
+             spec["doc"] + " " + spec["data_note"], "", BEST_NOTE, "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(str(r.get(c) or "-").replace("|", "/") for c in COLUMNS) + " |" for r in rows]
     releaser.atomic_write(stem + ".md", lambda f: f.write("\n".join(lines) + "\n"))
@@ -902,7 +924,7 @@ def release_finished(protocol, quick, arms, seeds, runs_dir, weights_dir=release
                 # The protocol's canonical command (the run may have been started from another
                 # checkout or data folder): what a reader runs to reproduce this file.
                 canon = command(spec, arm, seed, os.path.join("runs", "reproduce", tag, f"{arm}-s{seed}"), quick,
-                                "../shared/data", "auto", [], fresh=True)
+                                "data", "auto", [], fresh=True)
                 shown = " ".join(["python", os.path.basename(canon[1])] + canon[2:])
                 path, _ = releaser.release(out, method, weights_dir, name=arm if arm != method else None,
                                            protocol=tag, command=shown, run=os.path.join(tag, f"{arm}-s{seed}"),

@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -83,6 +84,35 @@ def test_collect_mean_std_and_not_run(tmp_path):
     assert rows[("cascadevae", "accuracy_hungarian (%)")]["ours"] == "not run"
     md = (results / "fashion-accuracy-quick.md").read_text()
     assert "NOT the paper protocol" in md and "55.00 +- 7.07" in md
+
+
+def test_best_of_10k_column_applies_the_authors_rule_and_survives_release(tmp_path):
+    runs, results, weights = tmp_path / "runs", tmp_path / "results", tmp_path / "weights"
+    evals = {0: [(5000, 0.9), (10000, 0.7), (20000, 0.8), (25000, 0.75)], 1: [(10000, 0.6), (20000, 0.65)]}
+    for seed, last in [(0, 0.75), (1, 0.65)]:
+        out = reproduce.run_dir(str(runs), "mnist-accuracy", False, "cascadevae", seed)
+        _fake_run(out, {"accuracy_hungarian": last, "accuracy_majority": last}, 25000, 60.0, seed=seed)
+        with open(os.path.join(out, "evals.csv"), "w") as f:
+            f.write("step,accuracy_hungarian,accuracy_majority\n")
+            f.writelines(f"{step},{acc},{acc}\n" for step, acc in evals[seed])
+    argv = ["--protocol", "mnist-accuracy", "--arms", "cascadevae", "--seeds", "0", "1", "--runs-dir", str(runs),
+            "--results-dir", str(results), "--weights-dir", str(weights)]
+    reproduce.main(argv + ["--collect-only"])
+    r = _rows(results / "mnist-accuracy.csv")[("cascadevae", "accuracy_hungarian (%)")]
+    # 5,000 is no 10k checkpoint: seed 0's best is 80.00 at 20,000, not 90.
+    assert r["ours"] == "70.00 +- 7.07"
+    assert r["best_of_10k"] == "72.50 +- 10.61 (s0 80.00 at 20,000; s1 65.00 at 20,000)"
+    assert "authors' selection rule" in (results / "mnist-accuracy.md").read_text()
+    # Released (run folders removed): evals.csv travels with the weights and the column stays.
+    for seed in (0, 1):
+        out = reproduce.run_dir(str(runs), "mnist-accuracy", False, "cascadevae", seed)
+        path, entry = reproduce.releaser.release(out, "cascadevae", str(weights), protocol="mnist-accuracy",
+                                                 run=f"mnist-accuracy/cascadevae-s{seed}")
+        assert entry["evals"] == os.path.join("evals", "mnist-accuracy", f"cascadevae-s{seed}", "evals.csv")
+        shutil.rmtree(out)
+    reproduce.main(argv + ["--collect-only"])
+    assert _rows(results / "mnist-accuracy.csv")[("cascadevae", "accuracy_hungarian (%)")]["best_of_10k"] == \
+        r["best_of_10k"]
 
 
 def test_rerunning_one_arm_keeps_the_other_rows(tmp_path):
