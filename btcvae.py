@@ -269,7 +269,7 @@ def btcvae_loss(x, x_logits, z, mu, logvar, dataset_size, alpha=1.0, beta=6.0, g
 # Training loop
 # ---------------------------------------------------------------------------
 
-def train(model, optimizer, ds, cfg, step, total, log, device):
+def train(model, optimizer, scaler, ds, cfg, step, total, log, device):
     """Minimise eq. 5 (or eq. 1 / eq. 2) from update `step` to `total` (or until `log` says
     stop); returns the step reached. N of eq. S4 / S6 is the training set's size."""
     # DEVIATION: batches are slices of a per-epoch permutation, as in the authors' DataLoader;
@@ -284,8 +284,9 @@ def train(model, optimizer, ds, cfg, step, total, log, device):
         terms = btcvae_loss(x, out["x_logits"], out["z"], out["mu"], out["logvar"], len(ds),
                             cfg["alpha"], cfg["beta"], cfg["gamma"], cfg["estimator"])
         optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        optimizer.step()
+        scaler.scale(terms["loss"]).backward()                # fp16: loss scaled so small gradients survive
+        scaler.step(optimizer)                                # fp32, bf16: plain optimizer.step()
+        scaler.update()
         mean = {k: terms[k] for k in LOGGED}
         mean["kl_z"] = terms["kl_units"]
         if log.update(step, model, optimizer, mean):
@@ -706,21 +707,22 @@ def main(argv=None):
         model = nets.place(BetaTCVAE(ds.image_size, cfg["cont"], cfg["arch"]), device)
         nets.set_precision(model, cfg["precision"], device)   # the networks only; every equation in fp32
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+        scaler = nets.grad_scaler(cfg["precision"], device)   # fp16's loss scaling; a no-op in fp32 and bf16
         runs.open_run_folder(cfg)                             # locked; --overwrite clears the old run now
-        step, window = runs.restore(cfg, model, optimizer, "btcvae", total) if cfg["resume"] else (0, None)
+        step, window = runs.restore(cfg, model, optimizer, "btcvae", total, scaler) if cfg["resume"] else (0, None)
         cfg = runs.save_config(cfg, iterations_total=total, objective=objective_name(cfg), train_size=len(ds))
         print(f"{cfg['objective']} with the {cfg['estimator'].upper()} estimator on {cfg['dataset']} "
               f"({len(ds)} images {ds.image_size}), {total} updates, {nets.count_parameters(model)} "
               f"parameters ({cfg['arch']}), device {device}, run folder {cfg['out']}")
         with runs.TrainLog(cfg, log_columns(cfg), step, total, device, "btcvae", window, argv,
-                           nan_hint="lower --lr or --beta, or check the input data") as log:
+                           nan_hint="lower --lr or --beta, or check the input data", scaler=scaler) as log:
             while True:  # training slices, with the --eval-every evaluations (metrics only) between them
                 if log.eval_due(step):
                     with runs.rng_isolated():                 # the training RNG streams stay untouched
                         log.record_eval(step, evaluate(model, cfg, device, step))
                 if step >= total or log.stopped:
                     break
-                step = train(model, optimizer, ds, cfg, step, log.next_stop(step), log, device)
+                step = train(model, optimizer, scaler, ds, cfg, step, log.next_stop(step), log, device)
         if not log.finish() or cfg["no_eval"]:
             return None
         with runs.staged_evaluation(cfg, "btcvae") as out:

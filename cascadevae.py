@@ -329,7 +329,7 @@ def betas_at(cfg, step):
 # Training loop
 # ---------------------------------------------------------------------------
 
-def train(model, optimizer, ds, cfg, step, total, log, device):
+def train(model, optimizer, scaler, ds, cfg, step, total, log, device):
     """Algorithm 1 from update `step` to `total` (or until `log` says stop); returns the
     step reached."""
     batches = data.batches(ds, cfg["batch_size"], seed=cfg["seed"], start_step=step)  # a function of (seed, step)
@@ -349,8 +349,9 @@ def train(model, optimizer, ds, cfg, step, total, log, device):
         # optimiser for each cascade stage, so its moments and bias correction restart each
         # time a unit is relieved.
         optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        optimizer.step()
+        scaler.scale(terms["loss"]).backward()                # fp16: loss scaled so small gradients survive
+        scaler.step(optimizer)                                # fp32, bf16: plain optimizer.step()
+        scaler.update()
         mean = {k: terms[k] for k in LOGGED}
         mean["kl_z"] = terms["kl_units"]
         if log.update(step, model, optimizer, mean, host=dict(solve_ms=1000.0 * terms["solve_seconds"]),
@@ -689,8 +690,9 @@ def main(argv=None):
                                       cfg["net"]), device)
         nets.set_precision(model, cfg["precision"], device)   # the networks only; every equation in fp32
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+        scaler = nets.grad_scaler(cfg["precision"], device)   # fp16's loss scaling; a no-op in fp32 and bf16
         runs.open_run_folder(cfg)                             # locked; --overwrite clears the old run now
-        step, window = runs.restore(cfg, model, optimizer, "cascadevae", total) if cfg["resume"] else (0, None)
+        step, window = runs.restore(cfg, model, optimizer, "cascadevae", total, scaler) if cfg["resume"] else (0, None)
         cfg = runs.save_config(cfg, iterations_total=total, objective=objective_name(cfg), train_size=len(ds))
         print(f"{cfg['objective']} on {cfg['dataset']} ({len(ds)} images {ds.image_size}), {total} updates, "
               f"{nets.count_parameters(model)} parameters, device {device}, run folder {cfg['out']}")
@@ -698,14 +700,14 @@ def main(argv=None):
             print(f"note: --t-d {cfg['t_d']} >= {total} iterations, so the alternating step never runs and this "
                   "run trains CascadeVAE-C (sec. 6); lower --t-d to learn the discrete factor.")
         with runs.TrainLog(cfg, log_columns(cfg), step, total, device, "cascadevae", window, argv,
-                           nan_hint="lower --lr, or check the input data") as log:
+                           nan_hint="lower --lr, or check the input data", scaler=scaler) as log:
             while True:  # training slices, with the --eval-every evaluations (metrics only) between them
                 if log.eval_due(step):
                     with runs.rng_isolated():                 # the training RNG streams stay untouched
                         log.record_eval(step, evaluate(model, cfg, device, step))
                 if step >= total or log.stopped:
                     break
-                step = train(model, optimizer, ds, cfg, step, log.next_stop(step), log, device)
+                step = train(model, optimizer, scaler, ds, cfg, step, log.next_stop(step), log, device)
         if not log.finish() or cfg["no_eval"]:
             return None
         with runs.staged_evaluation(cfg, "cascadevae") as out:

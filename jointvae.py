@@ -237,7 +237,7 @@ def jointvae_loss(x, x_logits, mu, logvar, alphas, step, gamma, c_cont, c_disc, 
 # Training loop
 # ---------------------------------------------------------------------------
 
-def train(model, optimizer, ds, cfg, step, total, log, device):
+def train(model, optimizer, scaler, ds, cfg, step, total, log, device):
     """Minimise eq. 7 from update `step` to `total` (or until `log` says stop); returns the
     step reached. The capacities are evaluated at update t = 1, 2, ... (the author's
     `num_steps`)."""
@@ -251,8 +251,9 @@ def train(model, optimizer, ds, cfg, step, total, log, device):
         terms = jointvae_loss(x, out["x_logits"], out["mu"], out["logvar"], out["alphas"],
                               step, cfg["gamma"], cfg["c_cont"], cfg["c_disc"], cfg["beta"])
         optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        optimizer.step()
+        scaler.scale(terms["loss"]).backward()                # fp16: loss scaled so small gradients survive
+        scaler.step(optimizer)                                # fp32, bf16: plain optimizer.step()
+        scaler.update()
         mean = {k: terms[k] for k in ("loss", "recon", "kl_cont", "kl_disc")}
         mean.update(kl_z=terms["kl_cont_units"], kl_c=terms["kl_disc_vars"])
         if log.update(step, model, optimizer, mean, now=dict(c_cont=terms["c_cont"], c_disc=terms["c_disc"])):
@@ -579,20 +580,21 @@ def main(argv=None):
         model = nets.place(JointVAE(ds.image_size, cfg["cont"], cfg["disc"], cfg["temperature"]), device)
         nets.set_precision(model, cfg["precision"], device)   # the networks only; every equation in fp32
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+        scaler = nets.grad_scaler(cfg["precision"], device)   # fp16's loss scaling; a no-op in fp32 and bf16
         runs.open_run_folder(cfg)                             # locked; --overwrite clears the old run now
-        step, window = runs.restore(cfg, model, optimizer, "jointvae", total) if cfg["resume"] else (0, None)
+        step, window = runs.restore(cfg, model, optimizer, "jointvae", total, scaler) if cfg["resume"] else (0, None)
         cfg = runs.save_config(cfg, iterations_total=total, objective=objective_name(cfg), train_size=len(ds))
         print(f"{cfg['objective']} on {cfg['dataset']} ({len(ds)} images {ds.image_size}), {total} updates, "
               f"{nets.count_parameters(model)} parameters, device {device}, run folder {cfg['out']}")
         with runs.TrainLog(cfg, log_columns(cfg), step, total, device, "jointvae", window, argv,
-                           nan_hint="lower --lr or --gamma, or check the input data") as log:
+                           nan_hint="lower --lr or --gamma, or check the input data", scaler=scaler) as log:
             while True:  # training slices, with the --eval-every evaluations (metrics only) between them
                 if log.eval_due(step):
                     with runs.rng_isolated():                 # the training RNG streams stay untouched
                         log.record_eval(step, evaluate(model, cfg, device, step))
                 if step >= total or log.stopped:
                     break
-                step = train(model, optimizer, ds, cfg, step, log.next_stop(step), log, device)
+                step = train(model, optimizer, scaler, ds, cfg, step, log.next_stop(step), log, device)
         if not log.finish() or cfg["no_eval"]:
             return None
         with runs.staged_evaluation(cfg, "jointvae") as out:

@@ -66,11 +66,11 @@ JEONG_SONG_CHANNELS = {32: (32, 32, 64), 64: (32, 32, 64, 64)}
 
 
 class Net(nn.Module):
-    """A network whose forward pass may run under autocast (`--precision bf16`, see
+    """A network whose forward pass may run under autocast (`--precision bf16|fp16`, see
     set_precision): its output is cast back to float32, so every equation downstream is
     computed in float32 from float32 network outputs."""
 
-    amp_dtype = None  # torch.bfloat16 under --precision bf16; None: float32 throughout
+    amp_dtype = None  # torch.bfloat16 / torch.float16 under --precision bf16 / fp16; None: float32 throughout
 
     def __call__(self, x):
         if self.amp_dtype is None:
@@ -80,7 +80,10 @@ class Net(nn.Module):
         return out.float()
 
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# fp16's exponent range is small enough that small gradients underflow: it trains with a
+# gradient scaler, and only where fp16 is fast (CUDA). bf16 has fp32's range and needs none.
+FP16_DEVICE_TYPES = ("cuda",)
 
 
 def set_precision(model, precision, device):
@@ -88,7 +91,10 @@ def set_precision(model, precision, device):
     only; losses, estimators and metrics stay float32). One sentence where the device
     cannot run it."""
     if precision not in PRECISIONS:
-        raise ValueError(f"--precision {precision!r}: choose fp32 or bf16.")
+        raise ValueError(f"--precision {precision!r}: choose fp32, bf16 or fp16.")
+    if precision == "fp16" and device.type not in FP16_DEVICE_TYPES:
+        raise ValueError(f"--precision fp16 needs a CUDA GPU (device here: {device.type}); use --precision fp32, "
+                         "or bf16 on a processor with bfloat16 units.")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
                          "use --precision fp32.")
@@ -101,6 +107,14 @@ def set_precision(model, precision, device):
         if isinstance(module, Net):
             module.amp_dtype = PRECISIONS[precision]
     return model
+
+
+def grad_scaler(precision, device):
+    """fp16's dynamic loss scaling (torch.amp.GradScaler): the loss is multiplied by a scale
+    before backward so small gradients survive fp16, the gradients are unscaled before Adam,
+    and a step whose gradients overflowed is skipped (the scale then halves). For fp32 and
+    bf16 a disabled scaler: scale() returns the loss as it is and step() is optimizer.step()."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 def _cpu_has_bf16():

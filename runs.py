@@ -255,6 +255,9 @@ def _bad_field(ckpt):
                 and isinstance(rng.get("numpy"), torch.Tensor) and rng["numpy"].numel() == 624
                 and isinstance(rng.get("python"), (list, tuple))):
             return "rng (not the RNG states this code saves)"
+    scaler = ckpt.get("scaler")
+    if scaler is not None and not (isinstance(scaler, dict) and isinstance(scaler.get("scale"), (int, float))):
+        return "scaler (not a gradient scaler's state)"
     window = ckpt.get("log_window")
     if window is not None:
         sums = window.get("sums") if isinstance(window, dict) else None
@@ -274,11 +277,15 @@ def _method_from_config(cfg):
     return None
 
 
-def checkpoint_state(model, optimizer, step, cfg, method, log_window=None):
-    """Everything exact resume needs, copied to the CPU (the live tensors keep training)."""
-    return copy.deepcopy(dict(model={k: v.detach().cpu() for k, v in model.state_dict().items()},
-                              optimizer=optimizer.state_dict(), step=int(step), config=cfg, rng=rng_state(),
-                              method=method, log_window=log_window))
+def checkpoint_state(model, optimizer, step, cfg, method, log_window=None, scaler=None):
+    """Everything exact resume needs, copied to the CPU (the live tensors keep training);
+    under fp16 the gradient scaler's scale and growth counter too."""
+    state = dict(model={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                 optimizer=optimizer.state_dict(), step=int(step), config=cfg, rng=rng_state(),
+                 method=method, log_window=log_window)
+    if scaler is not None and scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
+    return copy.deepcopy(state)
 
 
 def save_checkpoint(path, state):
@@ -383,8 +390,9 @@ def add_run_flags(p, method, data_help):
     p.add_argument("--force-resume", action="store_true",
                    help="with --resume: apply flags that change the model, data or objective (recorded in the log)")
     p.add_argument("--overwrite", action="store_true", help="start a new run in an --out that holds one (deletes it)")
-    p.add_argument("--precision", choices=["fp32", "bf16"],
-                   help="fp32 (the papers'), or bf16: the networks under autocast, every equation in fp32")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="fp32 (the papers'); bf16 or fp16 (CUDA, with a gradient scaler): the networks under "
+                        "autocast, every equation in fp32")
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="stop after MINUTES with a checkpoint; continue with the same command and --resume")
     p.add_argument("--stop-at", type=int, metavar="UPDATE",
@@ -674,7 +682,7 @@ def save_config(cfg, **derived):
 # Resume
 # ---------------------------------------------------------------------------
 
-def restore(cfg, model, optimizer, method, total):
+def restore(cfg, model, optimizer, method, total, scaler=None):
     """Load a --resume checkpoint into model and optimiser (a changed --lr applied), restore
     every RNG and drop the log rows after its step. Deletes nothing else: an older
     evaluation stays until a new one replaces it. Returns (step, log window)."""
@@ -684,8 +692,11 @@ def restore(cfg, model, optimizer, method, total):
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
+        if scaler is not None and scaler.is_enabled() and "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError):
-        raise RunError(f"{path} has a bad field optimizer or rng; the checkpoint is damaged — use another one.") \
+        raise RunError(f"{path} has a bad field optimizer, rng or scaler; the checkpoint is damaged — use another "
+                       "one.") \
             from None
     for group in optimizer.param_groups:
         group["lr"] = cfg["lr"]
@@ -745,8 +756,10 @@ class TrainLog:
     known to be finite (or at the end), so a NaN or infinite loss leaves the checkpoint of a
     step whose parameters were still good."""
 
-    def __init__(self, cfg, columns, step, total, device, method, window=None, argv=(), nan_hint="check the data"):
+    def __init__(self, cfg, columns, step, total, device, method, window=None, argv=(), nan_hint="check the data",
+                 scaler=None):
         self.cfg, self.columns, self.total, self.method, self.argv = cfg, columns, total, method, argv
+        self.scaler = scaler
         self.nan_hint, self.device = nan_hint, device
         self.ckpt_path = os.path.join(cfg["out"], "checkpoint.pt")
         self.file, self.writer = _open_log(cfg["out"], columns, step, cfg.get("resume_changes"))
@@ -801,7 +814,7 @@ class TrainLog:
         self.stopped = step < self.total and (self.budget.expired() or step == self.stop_at)
         if step % self.cfg["save_every"] == 0 or step == self.total or self.stopped:
             self._check_finite(step)
-            self.pending = checkpoint_state(model, optimizer, step, self.cfg, self.method, self._window())
+            self.pending = checkpoint_state(model, optimizer, step, self.cfg, self.method, self._window(), self.scaler)
             if step == self.total or self.stopped:
                 if not all_finite(model, optimizer):
                     raise FloatingPointError(step)
