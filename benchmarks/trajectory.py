@@ -9,6 +9,9 @@ updates, every seed of every method of a protocol in one figure.
     # evaluate the committed checkpoints of a run folder (cached; merged into evals.csv
     # once the run is not training, since one folder has one writer)
     python benchmarks/trajectory.py history results/runs/mnist-accuracy/cascadevae-s0 -- --data-dir ../shared/data
+    # the multiples of 10,000 it passed without --eval-every: re-trained exactly from the
+    # committed checkpoints (--stop-at, --eval-every), evaluated, cached, merged
+    python benchmarks/trajectory.py replay [--dry-run] results/runs/mnist-accuracy/cascadevae-s0 -- --data-dir ../shared/data
     # results/mnist-accuracy_accuracy_vs_updates.png from every evals.csv of the protocol
     python benchmarks/trajectory.py plot mnist-accuracy
 
@@ -68,6 +71,73 @@ def evaluate_commit(rel, commit, extra):
     os.makedirs(CACHE, exist_ok=True)
     runs.write_json(key, res)
     return res
+
+
+def replay(run_dir, extra, every=SELECTION_EVERY, dry_run=False):
+    """The authors' 10k points a run passed before it had --eval-every: resume a copy of the
+    latest committed checkpoint before each missing multiple of `every` with --stop-at there
+    and --eval-every (exact resume: the same model the straight run had), and cache the
+    evaluation. Consecutive missing points continue one copy. Returns the metrics dicts."""
+    rel, commits = history_checkpoints(run_dir)
+    steps = {}
+    for c in commits:                       # the step of each committed checkpoint
+        steps[c] = int(torch.load(_checkpoint_at(rel, c), map_location="cpu", weights_only=True)["step"])
+    current = int(torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=True)["step"])
+    have = {int(float(r["step"])) for r in read_evals(os.path.join(run_dir, "evals.csv"))}
+    have |= set(steps.values())            # a committed checkpoint on a multiple: `history` evaluates it
+    missing = [m for m in range(every, current + 1, every) if m not in have and not _cached_step(rel, m)]
+    results = [_cached_step(rel, m) for m in range(every, current + 1, every) if _cached_step(rel, m)]
+    plan = []                               # (commit, start step, [targets])
+    for m in missing:
+        c = max((c for c in commits if steps[c] < m), key=lambda c: steps[c], default=None)
+        if c is None:
+            continue
+        if plan and plan[-1][0] == c:
+            plan[-1][2].append(m)
+        else:
+            plan.append((c, steps[c], [m]))
+    for c, start, targets in plan:
+        print(f"replay {run_dir} from {start:,} ({c[:12]}) to {', '.join(f'{t:,}' for t in targets)}: "
+              f"{targets[-1] - start:,} updates", flush=True)
+    if dry_run:
+        return results
+    for c, start, targets in plan:
+        with tempfile.TemporaryDirectory() as tmp:
+            run = os.path.join(tmp, "run")
+            os.makedirs(run)
+            with open(os.path.join(run, "checkpoint.pt"), "wb") as f:
+                f.write(git("show", f"{c}:{rel}"))
+            method = torch.load(os.path.join(run, "checkpoint.pt"), map_location="cpu", weights_only=True)["method"]
+            for t in targets:
+                cmd = [sys.executable, os.path.join(ROOT, method + ".py"), "--resume", run, "--stop-at", str(t),
+                       "--eval-every", str(every), "--no-eval", "--no-progress", *extra]
+                r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise SystemExit(f"trajectory.py: {' '.join(cmd)} failed: "
+                                     f"{(r.stderr or r.stdout).strip().splitlines()[-1]}")
+                row = next(x for x in read_evals(os.path.join(run, "evals.csv")) if int(float(x["step"])) == t)
+                res = {k: (float(v) if v not in ("", None) else None) for k, v in row.items() if k != "step"}
+                res.update(step=t, source=f"replayed from the checkpoint of commit {c[:12]} (step {start})")
+                runs.write_json(_cache_key(rel, f"step{t}"), res)
+                print(f"step {t:,}: " + ", ".join(f"{k} {res[k]:.4f}" for k in ("accuracy_hungarian", "accuracy_majority")
+                                                  if res.get(k) is not None), flush=True)
+                results.append(res)
+    return sorted(results, key=lambda r: r["step"])
+
+
+def _cache_key(rel, tag):
+    os.makedirs(CACHE, exist_ok=True)
+    return os.path.join(CACHE, rel.replace(os.sep, "+") + f"@{tag}.json")
+
+
+def _cached_step(rel, step):
+    path = os.path.join(CACHE, rel.replace(os.sep, "+") + f"@step{step}.json")
+    return json.load(open(path)) if os.path.exists(path) else None
+
+
+def _checkpoint_at(rel, commit):
+    import io
+    return io.BytesIO(git("show", f"{commit}:{rel}"))
 
 
 def read_evals(path):
@@ -148,13 +218,23 @@ def main(argv=None):
     h = sub.add_parser("history", help="evaluate a run folder's committed checkpoints into its evals.csv")
     h.add_argument("run_dir")
     h.add_argument("extra", nargs=argparse.REMAINDER, help="after --: flags for --eval-only (e.g. --data-dir)")
+    r = sub.add_parser("replay", help="the multiples of 10,000 updates a run passed without --eval-every, "
+                       "re-trained exactly from its committed checkpoints, into its evals.csv")
+    r.add_argument("run_dir")
+    r.add_argument("--dry-run", action="store_true", help="print the replays and their length only")
+    r.add_argument("extra", nargs=argparse.REMAINDER, help="after --: flags for the resumed runs (e.g. --data-dir)")
     g = sub.add_parser("plot", help="results/<protocol>_accuracy_vs_updates.png")
     g.add_argument("protocol")
     g.add_argument("--runs-dir", action="append", help="folders holding <protocol>/<run>/evals.csv "
                    "(default: results/runs and results/weights/evals)")
     g.add_argument("--out")
     args = p.parse_args(argv)
-    if args.cmd == "history":
+    if args.cmd == "replay":
+        results = replay(args.run_dir, args.extra[1:] if args.extra[:1] == ["--"] else args.extra,
+                         dry_run=args.dry_run)
+        if results and not args.dry_run:
+            merge(args.run_dir, results)
+    elif args.cmd == "history":
         extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
         rel, commits = history_checkpoints(args.run_dir)
         if not commits:
