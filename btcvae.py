@@ -559,7 +559,7 @@ def load_for_evaluation(cfg, device):
     ckpt = runs.load_checkpoint(path, "btcvae")
     for key in TRAINED_WITH:                                  # the settings the weights were trained with
         cfg[key] = ckpt["config"].get(key, cfg.get(key))
-    model = BetaTCVAE(data.load_for(cfg, cfg["eval_split"]).image_size, cfg["cont"], cfg["arch"])
+    model = BetaTCVAE(data.image_size_for(cfg), cfg["cont"], cfg["arch"])
     runs.load_state_dict(model, ckpt["model"], path)
     return nets.place(model, device), int(ckpt["step"])
 

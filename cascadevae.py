@@ -516,7 +516,7 @@ def load_for_evaluation(cfg, device):
     trained = {**DEFAULTS, "net": "dupont", **ckpt["config"]}  # runs before --net: Dupont's encoder
     for key in TRAINED_WITH:                                  # the settings the weights were trained with
         cfg[key] = trained[key]
-    model = CascadeVAE(data.load_for(cfg, cfg["eval_split"]).image_size, cfg["cont"],
+    model = CascadeVAE(data.image_size_for(cfg), cfg["cont"],
                        0 if cfg["no_discrete"] else cfg["disc"], cfg["net"])
     runs.load_state_dict(model, ckpt["model"], path)
     return nets.place(model, device), int(ckpt["step"])

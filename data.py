@@ -767,6 +767,20 @@ def sources(*names):
     return {name: SOURCES[name] for name in names}
 
 
+# (C, H, W) of each data set as load_dataset returns it (the table in this module's docstring);
+# images: (channels, 64, 64).
+IMAGE_SIZES = {"mnist": (1, 32, 32), "fashion-mnist": (1, 32, 32), "shapes": (1, 64, 64), "dsprites": (1, 64, 64),
+               "images": (None, 64, 64)}
+
+
+def image_size_for(cfg):
+    """(C, H, W) of the data set of a script's config, without reading it: what a model's
+    shape needs (released weights load, and draw samples, before any data is there)."""
+    source = SOURCES[cfg["dataset"]]
+    _, h, w = IMAGE_SIZES[source["name"]]
+    return (source["channels"], h, w)
+
+
 def load_for(cfg, split):
     """The data set of a script's config (cfg["dataset"], "data_dir", "download") and split."""
     source = SOURCES[cfg["dataset"]]

@@ -420,7 +420,7 @@ def load_for_evaluation(cfg, device):
         for key in TRAINED_WITH:                              # the settings the weights were trained with
             cfg[key] = ckpt["config"].get(key, cfg[key])
         state, step = ckpt["model"], int(ckpt["step"])
-    model = JointVAE(data.load_for(cfg, cfg["eval_split"]).image_size, cfg["cont"], cfg["disc"], cfg["temperature"])
+    model = JointVAE(data.image_size_for(cfg), cfg["cont"], cfg["disc"], cfg["temperature"])
     if state is None:
         load_official_weights(model, ckpt)
     else:

@@ -46,7 +46,7 @@ import regions as rg  # noqa: E402
 PUBLIC_DIR = os.path.join(HERE, "public")
 # The repository's own tests that may go to students: they test data, networks, figures and
 # run folders, not the equations (a training run in them skips until the loss is written).
-# test_notebooks.py expects all five notebooks, test_reproduce.py trains in subprocesses.
+# test_notebooks.py expects all the notebooks, test_reproduce.py trains in subprocesses.
 PUBLIC_REPO_TESTS = ("test_data.py", "test_nets.py", "test_viz.py", "test_runs.py")
 STUDENT_CONFTEST = os.path.join(PUBLIC_DIR, "conftest_student.py")
 MANIFEST = "assignment.json"                                 # what the copy was made with: grade.py reads it
@@ -55,6 +55,8 @@ README = "README.md"                                         # the student's REA
 LEGACY_MARKER = ("ASSIGNMENT.md", "<!-- written by assignments/make.py -->")  # copies of earlier versions
 POINTS = os.path.join(HERE, "points.json")
 # Top-level folders never copied (a folder the copied code imports is copied, unless listed here).
+# Names in a notebook's code that read what NEVER_COPY leaves out: released weights, benchmarks/.
+NOTEBOOK_NEEDS_UNCOPIED = ("read_manifest", "pretrained_path", "benchmarks")
 NEVER_COPY = {"assignments", "tests", "notebooks", "results", ".git", ".ci", ".github"}
 KEEP_DOTFILES = {".gitignore"}
 SOURCE_MODULES = ("jointvae", "btcvae", "cascadevae", "metrics", "data", "nets", "runs", "viz")
@@ -322,17 +324,21 @@ def make(out, methods=None, only=(), root=ROOT, log=print):
         else:
             held_back.append(f"tests/{name}")
 
-    # notebooks: only those that call no removed function, outputs cleared
+    # notebooks: only those that call no removed function and read nothing the copy leaves out
+    # (released weights in results/, benchmarks/), outputs cleared; with their helper _checked.py
     nb_dir = os.path.join(root, "notebooks")
     for name in sorted(os.listdir(nb_dir)) if os.path.isdir(nb_dir) else []:
         if not name.endswith(".ipynb"):
             continue
         nb, code = notebook_code(os.path.join(nb_dir, name))
         missing = sorted(set(IMPORT.findall(code)) & (set(SOURCE_MODULES) - present_modules))
-        if names_in(code, removed_names) or missing:
+        if names_in(code, removed_names) or missing or names_in(code, NOTEBOOK_NEEDS_UNCOPIED):
             held_back.append(f"notebooks/{name}")
         else:
             write(os.path.join(out, "notebooks", name), cleared(nb))
+    helper = os.path.join(nb_dir, "_checked.py")
+    if os.path.isdir(os.path.join(out, "notebooks")) and os.path.isfile(helper):
+        shutil.copy2(helper, os.path.join(out, "notebooks", "_checked.py"))
 
     commit, dirty = repo_commit(root)
     copied = {os.path.splitext(f)[0] for f in os.listdir(out) if f.endswith(".py")}

@@ -31,11 +31,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # What each notebook imports besides torch (directly or through the repository's modules):
 # pip-installed on Colab only (a no-op where Colab already has them).
 NOTEBOOKS = {
+    "00_quickstart": ["numpy", "scipy", "matplotlib", "ipywidgets"],
     "01_propositions": ["numpy", "matplotlib"],
     "02_tc_decomposition": ["numpy", "scipy", "matplotlib"],
     "03_jointvae_kl": ["numpy", "scipy", "matplotlib"],
     "04_cascade_assignment": ["numpy", "scipy", "matplotlib"],
-    "05_quickstart": ["numpy", "scipy", "matplotlib"],
+    "05_train_a_model": ["numpy", "scipy", "matplotlib"],
+    "06_paper_figures": ["numpy", "scipy", "matplotlib"],
 }
 
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"

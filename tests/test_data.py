@@ -64,6 +64,17 @@ def test_resize_matches_torchvision_resize_on_pil():
     assert not torch.equal(ours[:, :28, :28], torch.from_numpy(images).float() / 255)
 
 
+def test_image_size_for_matches_the_loaded_data(tmp_path):
+    """A model's shape without the data (released weights offline): the size load_for would give."""
+    _write_idx_split(str(tmp_path), "MNIST", "t10k", _digits(2, seed=0), np.array([1, 2], np.uint8), False)
+    for dataset, data_dir in (("mnist", str(tmp_path)), ("shapes", str(tmp_path))):
+        cfg = {"dataset": dataset, "data_dir": data_dir, "download": False}
+        assert data.image_size_for(cfg) == data.load_for(cfg, "test").image_size
+    assert data.image_size_for({"dataset": "fashion-mnist"}) == (1, 32, 32)
+    assert data.image_size_for({"dataset": "celeba"}) == (3, 64, 64)
+    assert data.image_size_for({"dataset": "chairs"}) == (1, 64, 64)
+
+
 @pytest.mark.parametrize("gz", [False, True])
 def test_idx_files_load_resized_with_labels(tmp_path, gz):
     images, labels = _digits(7, seed=1), np.array([3, 1, 4, 1, 5, 9, 2], np.uint8)
