@@ -86,13 +86,20 @@ def fashion_or_synthetic(data_dir):
 # --------------------------------------------------------------------------- JointVAE
 
 
-def jointvae_pure_step(model, optimizer, x, step=1000):
+def optimise(loss, optimizer, scaler):
+    """The update the scripts make: backward and Adam through the precision's gradient
+    scaler (fp16's loss scaling; a no-op scaler in fp32 and bf16)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def jointvae_pure_step(model, optimizer, x, scaler, step=1000):
     out = model(x)
     terms = jointvae.jointvae_loss(x, out["x_logits"], out["mu"], out["logvar"], out["alphas"], step,
                                    100.0, (0.0, 5.0, 50000), (0.0, 10.0, 50000))
-    optimizer.zero_grad(set_to_none=True)
-    terms["loss"].backward()
-    optimizer.step()
+    optimise(terms["loss"], optimizer, scaler)
 
 
 def bench_jointvae(args, device, rows):
@@ -101,7 +108,8 @@ def bench_jointvae(args, device, rows):
     model = nets.set_precision(jointvae.JointVAE(ds.image_size, 10, [10]).to(device).train(), args.prec, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
     x = ds.batch(torch.arange(64)).to(device)                            # (64, 1, 32, 32)
-    pure = time_steps(lambda: jointvae_pure_step(model, optimizer, x), args.steps, args.warmup, device)
+    scaler = nets.grad_scaler(args.prec, device)
+    pure = time_steps(lambda: jointvae_pure_step(model, optimizer, x, scaler), args.steps, args.warmup, device)
 
     # The real loop: jointvae.train on the same data; the second log row times
     # `steps` full iterations after `steps` warm-up ones (data, step, logging).
@@ -132,13 +140,11 @@ def bench_cascadevae(args, device, rows, jointvae_pure, x):
                                args.prec, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     betas = cascadevae.cascade_betas(50000, 10, 10.0, 1.0, 10000, 0).to(device)  # (D,)
-    solve = []
+    solve, scaler = [], nets.grad_scaler(args.prec, device)
 
     def step():
         terms = cascadevae.alternating_step_terms(model, x, betas, 0.1, assign_discrete=True)
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        optimizer.step()
+        optimise(terms["loss"], optimizer, scaler)
         solve.append(terms["solve_seconds"])
 
     t = time_steps(step, args.steps, args.warmup, device)
@@ -163,7 +169,7 @@ def bench_btcvae(args, device, rows):
     for b in args.btc_batches:
         torch.manual_seed(0)
         model = nets.set_precision(btcvae.BetaTCVAE((1, 64, 64), 10).to(device).train(), args.prec, device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        optimizer, scaler = torch.optim.Adam(model.parameters(), lr=1e-3), nets.grad_scaler(args.prec, device)
         x = shapes.batch(torch.randperm(n, generator=torch.Generator().manual_seed(0))[:b]).to(device)  # (B, 1, 64, 64)
         times = {}
         for est in (None, "mws", "mss"):
@@ -173,9 +179,7 @@ def bench_btcvae(args, device, rows):
                 out = model(x)
                 terms = btcvae.btcvae_loss(x, out["x_logits"], out["z"], out["mu"], out["logvar"], n,
                                            estimator=est, **kw)
-                optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                optimizer.step()
+                optimise(terms["loss"], optimizer, scaler)
 
             steps = args.steps if b <= 256 else max(3, args.steps // 10)
             times[est] = time_steps(step, steps, 1 if b > 256 else args.warmup, device)
@@ -207,7 +211,7 @@ def main(argv=None):
     p.add_argument("--btc-batches", type=int, nargs="+", default=[64, 2048])
     p.add_argument("--no-decomposition", dest="decomposition", action="store_false")
     p.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"))
-    p.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
+    p.add_argument("--precision", nargs="+", choices=["fp32", "bf16", "fp16"], default=["fp32"],
                    help="one pass per precision, side by side in the table (--precision fp32 bf16)")
     p.add_argument("--out", default=os.path.join(ROOT, "results", "throughput.md"))
     args = p.parse_args(argv)
@@ -215,6 +219,11 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     device = nets.to_device(args.device)
     only = set(args.only or ["jointvae", "cascadevae", "btcvae"])
+    for prec in args.precision:
+        try:                                    # a precision this device cannot run: one sentence, nothing timed
+            nets.set_precision(torch.nn.Linear(1, 1), prec, device)
+        except ValueError as err:
+            raise SystemExit(f"throughput.py: {err}") from None
     rows = []
     for prec in args.precision:
         args.prec, first = prec, len(rows)
