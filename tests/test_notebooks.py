@@ -37,6 +37,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -287,8 +288,9 @@ def test_colab_cells_are_the_generated_ones(name):
 def test_readme_notebooks_section_links_and_names_the_url_file():
     with open(os.path.join(ROOT, "README.md")) as f:
         readme = f.read()
-    assert readme.count("\n## Notebooks\n") == 1, "README.md needs exactly one '## Notebooks' section"
-    section = readme.split("\n## Notebooks\n", 1)[1].split("\n## ", 1)[0]
+    heads = re.findall(r"\n(#{2,3}) Notebooks\n", readme)
+    assert len(heads) == 1, "README.md needs exactly one '## Notebooks' (or '### Notebooks') section"
+    section = re.split(r"\n#{2,%d} " % len(heads[0]), readme.split(f"\n{heads[0]} Notebooks\n", 1)[1], 1)[0]
     assert "notebooks/_setup_cell.py" in section, "the Notebooks section must name the file that defines the URL"
     for name in EXPECTED:
         assert setup_cell.colab_url(_stem(name)) in section, f"README: no Colab link for {name}"
