@@ -73,7 +73,7 @@ def evaluate_commit(rel, commit, extra):
     return res
 
 
-def replay(run_dir, extra, every=SELECTION_EVERY, dry_run=False):
+def replay(run_dir, extra, every=SELECTION_EVERY, dry_run=False, targets=None):
     """The authors' 10k points a run passed before it had --eval-every: resume a copy of the
     latest committed checkpoint before each missing multiple of `every` with --stop-at there
     and --eval-every (exact resume: the same model the straight run had), and cache the
@@ -85,8 +85,9 @@ def replay(run_dir, extra, every=SELECTION_EVERY, dry_run=False):
     current = int(torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=True)["step"])
     have = {int(float(r["step"])) for r in read_evals(os.path.join(run_dir, "evals.csv"))}
     have |= set(steps.values())            # a committed checkpoint on a multiple: `history` evaluates it
-    missing = [m for m in range(every, current + 1, every) if m not in have and not _cached_step(rel, m)]
-    results = [_cached_step(rel, m) for m in range(every, current + 1, every) if _cached_step(rel, m)]
+    wanted = [m for m in range(every, current + 1, every) if targets is None or m in targets]
+    missing = [m for m in wanted if m not in have and not _cached_step(rel, m)]
+    results = [_cached_step(rel, m) for m in wanted if _cached_step(rel, m)]
     plan = []                               # (commit, start step, [targets])
     for m in missing:
         c = max((c for c in commits if steps[c] < m), key=lambda c: steps[c], default=None)
@@ -222,6 +223,7 @@ def main(argv=None):
                        "re-trained exactly from its committed checkpoints, into its evals.csv")
     r.add_argument("run_dir")
     r.add_argument("--dry-run", action="store_true", help="print the replays and their length only")
+    r.add_argument("--targets", type=int, nargs="+", metavar="UPDATE", help="only these multiples (default: all)")
     r.add_argument("extra", nargs=argparse.REMAINDER, help="after --: flags for the resumed runs (e.g. --data-dir)")
     g = sub.add_parser("plot", help="results/<protocol>_accuracy_vs_updates.png")
     g.add_argument("protocol")
@@ -231,7 +233,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.cmd == "replay":
         results = replay(args.run_dir, args.extra[1:] if args.extra[:1] == ["--"] else args.extra,
-                         dry_run=args.dry_run)
+                         dry_run=args.dry_run, targets=args.targets)
         if results and not args.dry_run:
             merge(args.run_dir, results)
     elif args.cmd == "history":
