@@ -116,7 +116,15 @@ def replay(run_dir, extra, every=SELECTION_EVERY, dry_run=False, targets=None):
                 if r.returncode != 0:
                     raise SystemExit(f"trajectory.py: {' '.join(cmd)} failed: "
                                      f"{(r.stderr or r.stdout).strip().splitlines()[-1]}")
-                row = next(x for x in read_evals(os.path.join(run, "evals.csv")) if int(float(x["step"])) == t)
+                # A run stopped on an evaluation's update leaves that evaluation to its resume, which
+                # makes it up first: one more slice of one update evaluates the model at t.
+                r = subprocess.run(cmd[:cmd.index("--stop-at") + 1] + [str(t + 1)] + cmd[cmd.index("--stop-at") + 2:],
+                                   cwd=ROOT, capture_output=True, text=True)
+                rows = [x for x in read_evals(os.path.join(run, "evals.csv")) if int(float(x["step"])) == t]
+                if r.returncode != 0 or not rows:
+                    raise SystemExit(f"trajectory.py: the evaluation at update {t} of the replay failed: "
+                                     f"{(r.stderr or r.stdout or 'no evals.csv row').strip().splitlines()[-1]}")
+                row = rows[0]
                 res = {k: (float(v) if v not in ("", None) else None) for k, v in row.items() if k != "step"}
                 res.update(step=t, source=f"replayed from the checkpoint of commit {c[:12]} (step {start})")
                 runs.write_json(_cache_key(rel, f"step{t}"), res)
@@ -224,6 +232,7 @@ def main(argv=None):
     r.add_argument("run_dir")
     r.add_argument("--dry-run", action="store_true", help="print the replays and their length only")
     r.add_argument("--targets", type=int, nargs="+", metavar="UPDATE", help="only these multiples (default: all)")
+    r.add_argument("--every", type=int, default=SELECTION_EVERY, help="the checkpoint interval (default 10,000)")
     r.add_argument("extra", nargs=argparse.REMAINDER, help="after --: flags for the resumed runs (e.g. --data-dir)")
     g = sub.add_parser("plot", help="results/<protocol>_accuracy_vs_updates.png")
     g.add_argument("protocol")
@@ -233,7 +242,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.cmd == "replay":
         results = replay(args.run_dir, args.extra[1:] if args.extra[:1] == ["--"] else args.extra,
-                         dry_run=args.dry_run, targets=args.targets)
+                         every=args.every, dry_run=args.dry_run, targets=args.targets)
         if results and not args.dry_run:
             merge(args.run_dir, results)
     elif args.cmd == "history":
