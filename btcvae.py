@@ -452,7 +452,9 @@ def encode_dataset(model, ds, indices, device, batch_size=512):
 def evaluate(model, cfg, device, step, out=None, log_path=None):
     """Encode the evaluation split (or --eval-samples of it), decompose eq. 3 over the
     training set (or the same-sized subset of it), and write metrics.json and the figures
-    into `out`. NOTE: the codes are posterior means (MIG, FactorVAE score, figures)."""
+    into `out`. NOTE: the codes are posterior means (MIG, FactorVAE score, figures).
+    out=None (--eval-every): the metrics only, returned, nothing written.
+    """
     t0 = time.perf_counter()
     ds = data.load_for(cfg, cfg["eval_split"])
     indices = scoring.eval_indices(len(ds), cfg["eval_samples"], cfg["seed"])  # (N,)

@@ -401,7 +401,9 @@ def evaluate(model, cfg, device, step, out=None, log_path=None):
     """Encode the evaluation split (or --eval-samples of it) and write metrics.json and the
     figures into `out`.
     NOTE: the authors' code keeps the checkpoint (of one every 1e4 updates) with the best
-    score, a choice made with the ground-truth factors; we evaluate the last model."""
+    score, a choice made with the ground-truth factors; we evaluate the last model.
+    out=None (--eval-every): the metrics only, returned, nothing written.
+    """
     t0 = time.perf_counter()
     ds = data.load_for(cfg, cfg["eval_split"])
     indices = scoring.eval_indices(len(ds), cfg["eval_samples"], cfg["seed"])  # (N,)

@@ -293,7 +293,9 @@ def joint_code(alphas, disc):
 def evaluate(model, cfg, device, step, out=None, log_path=None):
     """Encode the evaluation split (or --eval-samples of it) and write metrics.json and the
     figures into `out`. NOTE: z is the posterior mean and c the one-hot argmax of alpha, as
-    the author's code does in eval mode."""
+    the author's code does in eval mode.
+    out=None (--eval-every): the metrics only, returned, nothing written.
+    """
     t0 = time.perf_counter()
     ds = data.load_for(cfg, cfg["eval_split"])
     indices = scoring.eval_indices(len(ds), cfg["eval_samples"], cfg["seed"])  # (N,)

@@ -840,11 +840,11 @@ class TrainLog:
         seconds = float(res.get("eval_seconds") or 0.0)
         values = {k: v for k, v in res.items()
                   if k != "step" and (v is None or isinstance(v, (bool, int, float)))}
+        header = None
         if os.path.exists(self.evals_path):
             with open(self.evals_path, newline="") as f:
-                columns = next(csv.reader(f))[1:]
-        else:
-            columns = sorted(values)
+                header = next(csv.reader(f), None)           # None: an empty file (a crash before its header)
+        columns = header[1:] if header else sorted(values)
         with open(self.evals_path, "a", newline="") as f:
             writer = csv.writer(f)
             if f.tell() == 0:

@@ -133,10 +133,12 @@ def test_fp16_trains_with_a_gradient_scaler_that_resumes_exactly(name, tmp_path,
     assert all(torch.isfinite(v).all() for v in a["model"].values() if v.is_floating_point())
 
 
-def test_fp32_and_bf16_checkpoints_hold_no_scaler(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fp32_and_bf16_checkpoints_hold_no_scaler(precision, tmp_path):
     out = str(tmp_path / "run")
-    jointvae.main(BASE + ["--iterations", "2", "--no-eval", "--out", out])
-    assert "scaler" not in torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    jointvae.main(BASE + ["--iterations", "2", "--no-eval", "--out", out, "--precision", precision])
+    ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    assert ckpt["step"] == 2 and ckpt["config"]["precision"] == precision and "scaler" not in ckpt
 
 
 class _StopAt:

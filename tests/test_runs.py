@@ -141,6 +141,16 @@ def test_eval_every_leaves_training_bit_exact_and_resumes_exactly(name, tmp_path
     assert _evals(os.path.join(split, "evals.csv")) == straight
 
 
+def test_an_empty_evals_csv_gets_its_header_on_resume(tmp_path):
+    mod, base = SCRIPTS["jointvae"]
+    out = str(tmp_path / "run")
+    mod.main(base + ["--iterations", "8", "--no-eval", "--out", out, "--eval-every", "5", "--stop-at", "4"])
+    open(os.path.join(out, "evals.csv"), "w").close()         # a crash before the header was written
+    mod.main(["--resume", out, "--no-progress"])
+    rows = runs.read_log_rows(os.path.join(out, "evals.csv"))
+    assert [r["step"] for r in rows] == ["5"] and float(rows[0]["recon_eval"]) > 0
+
+
 def test_stop_at_and_eval_every_reject_bad_values(tmp_path, capsys):
     mod, base = SCRIPTS["jointvae"]
     out = str(tmp_path / "run")
