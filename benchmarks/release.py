@@ -271,11 +271,35 @@ def release(run_dir, method, weights_dir=WEIGHTS_DIR, name=None, **provenance):
 README_BEGIN = "<!-- released-models: generated from results/weights/manifest.json by `python benchmarks/release.py --readme` -->"
 README_END = "<!-- /released-models -->"
 METHOD_NAMES = {"jointvae": "JointVAE", "btcvae": "beta-TCVAE", "cascadevae": "CascadeVAE"}
+# A released name other than its method's is chosen by a flag of the method's script (btcvae.py
+# --beta-vae B loads "betavae"): the flag, its value read from the entry's training command.
+NAME_FLAGS = {"betavae": ("beta-VAE", "--beta-vae")}
+
+
+def _pretrained_command(e):
+    flags = ""
+    if e["name"] in NAME_FLAGS:
+        flag = NAME_FLAGS[e["name"]][1]
+        words = str(e.get("command", "")).split()
+        value = words[words.index(flag) + 1] if flag in words[:-1] else None
+        if value is None:
+            raise ReleaseError(f"manifest entry {e['file']}: its `command` has no {flag} VALUE, which "
+                               f"--pretrained needs to load the {e['name']} weights; fix that entry.")
+        flags = f" {flag} {value}"
+    return f"python {e['method']}.py --dataset {e['dataset']}{flags} --seed {e['seed']} --pretrained"
 
 
 def _pct(metrics, key):
     value = metrics.get(key)
     return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _fraction(entry):
+    """' (1/6 of the paper protocol, schedules scaled)' for a model trained on part of its protocol."""
+    if not entry.get("protocol_fraction"):
+        return ""
+    return (f" ({entry['protocol_fraction']} of the paper protocol"
+            + (", schedules scaled" if entry.get("schedules_scaled") else "") + ")")
 
 
 def readme_table(entries):
@@ -288,11 +312,14 @@ def readme_table(entries):
         wall = e.get("wall_seconds")
         recon = "-" if m.get("recon_eval") is None else f"{m['recon_eval']:.1f}"
         wall = "-" if wall is None else f"{wall / 60:.1f} min ({e.get('device', '?')})"
-        name = METHOD_NAMES.get(e["method"], e["method"]) + ("" if e["name"] == e["method"] else f" ({e['name']})")
+        if e["name"] in NAME_FLAGS:
+            name = NAME_FLAGS[e["name"]][0]                                   # beta-VAE
+        else:
+            name = METHOD_NAMES.get(e["method"], e["method"]) + ("" if e["name"] == e["method"] else f" ({e['name']})")
         rows.append(f"| {name} | {e['dataset']} ({e.get('train_split', '?')} / {e.get('eval_split', '?')}) "
-                    f"| {e['seed']} | {e.get('updates', 0):,} | {_pct(m, 'accuracy_hungarian')} / "
+                    f"| {e['seed']} | {e.get('updates', 0):,}{_fraction(e)} | {_pct(m, 'accuracy_hungarian')} / "
                     f"{_pct(m, 'accuracy_majority')} | {recon} | {wall} "
-                    f"| `python {e['method']}.py --dataset {e['dataset']} --seed {e['seed']} --pretrained` |")
+                    f"| `{_pretrained_command(e)}` |")
     return "\n".join(rows)
 
 

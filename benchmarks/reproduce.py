@@ -29,6 +29,11 @@ updates on MNIST (as JointVAE), 3000 on Fashion-MNIST and 6000 on shapes, with r
 and beta-VAE 2000 updates at batch 128 (the paper: 2048). Shapes runs evaluate on a
 random 50,000-image subset (the FactorVAE votes are still drawn from the full grid).
 
+`shapes-models` trains the `shapes` models released for the figures and the notebooks: one
+seed of each method at a stated `fraction` of its paper protocol (about 5 single-thread CPU
+hours each), with the schedules defined in updates scaled by that fraction; the table and
+each manifest entry (`protocol_fraction`, `schedules_scaled`, `schedules`) say so.
+
 Bookkeeping. Each run's output goes to <run>/stdout.log (kept when a retry's --overwrite
 clears the folder) and each slice of it to <run>/reproduce.json (written atomically: wall
 time, exit status, the last line a failed run printed, the signal that stopped it).
@@ -161,7 +166,55 @@ PROTOCOLS = {
             "factor_vae_score": {},
         },
     ),
+    # One seed of each method on `shapes` for the figures and the notebooks. Their full
+    # protocols take 10-24 single-thread CPU hours each here, so each arm runs a stated
+    # `fraction` of its protocol (about 5 CPU hours) with the schedules defined in updates
+    # scaled by the same fraction, so that they end where the paper's do, relative to the run.
+    "shapes-models": dict(
+        doc="The `shapes` models released for the figures and the notebooks: one seed of each method, each at "
+            "a stated fraction of its paper protocol (NOT the full protocol; about 5 single-thread CPU hours each).",
+        data_note="`shapes`, the procedural dSprites of data.py (see dsprites-factorvae); evaluation on the whole "
+                  "737,280-image grid.",
+        arms={
+            "jointvae": dict(script="jointvae.py", quick=None, fraction=(1, 6),
+                             args=["--dataset", "shapes", "--iterations", "57600",
+                                   "--c-cont", "0", "40", "50000", "--c-disc", "0", "1.1", "50000"],
+                             schedules="scaled by 1/6: C_z -> 40 and C_c -> 1.1 over 50,000 updates "
+                                       "(App. C.5: 300,000)"),
+            "cascadevae": dict(script="cascadevae.py", quick=None, fraction=(1, 10),
+                               args=["--dataset", "shapes", "--iterations", "30000", "--r", "2000", "--t-d", "10000"],
+                               schedules="scaled by 1/10: r = 2,000 and t_d = 10,000 (supp. B.1: 20,000 and 100,000)"),
+            "btcvae": dict(script="btcvae.py", quick=None, fraction=(2, 9),
+                           args=["--dataset", "shapes", "--beta", "6", "--iterations", "4000"],
+                           schedules="none to scale (constant beta, alpha, gamma and learning rate)"),
+            "betavae": dict(script="btcvae.py", quick=None, fraction=(2, 9),
+                            args=["--dataset", "shapes", "--beta-vae", "4", "--iterations", "4000"],
+                            schedules="none to scale (constant beta and learning rate)"),
+        },
+        metrics={
+            "factor_vae_score": {
+                "jointvae": [(74.51, 5.17, "Jeong & Song 2019 Table 1, m=6, full protocol")],
+                "cascadevae": [(90.49, 5.28, "Jeong & Song 2019 Table 1, m=6, beta_l=1, full protocol")],
+            },
+            "accuracy_hungarian": {
+                "jointvae": [(44.79, 3.88, "Jeong & Song 2019 Table 2 (shape), m=6, full protocol")],
+                "cascadevae": [(78.84, 15.65, "Jeong & Song 2019 Table 2 (shape), m=6, full protocol")],
+            },
+            "mig": {},
+            "mig_5factors": {},
+        },
+    ),
 }
+
+
+def fraction_fields(arm_spec):
+    """The manifest fields of an arm run at a fraction of its paper protocol ({} for a full one)."""
+    if not arm_spec.get("fraction"):
+        return {}
+    num, den = arm_spec["fraction"]
+    return dict(protocol_fraction=f"{num}/{den}", schedules_scaled=arm_spec["schedules"].startswith("scaled"),
+                schedules=arm_spec["schedules"])
+
 
 PERCENT_METRICS = {"accuracy_hungarian", "accuracy_majority", "factor_vae_score"}
 
@@ -644,8 +697,10 @@ def write_tables(protocol, quick, rows, results_dir):
 
     releaser.atomic_write(stem + ".csv", write_csv)
     spec = PROTOCOLS[protocol]
+    fractions = [f"- {arm}: {'/'.join(map(str, a['fraction']))} of its paper protocol; schedules {a['schedules']}."
+                 for arm, a in spec["arms"].items() if a.get("fraction")]
     lines = [f"### {protocol}{' --quick (NOT the paper protocol)' if quick else ''}", "",
-             spec["doc"] + " " + spec["data_note"], "", BEST_NOTE, "",
+             spec["doc"] + " " + spec["data_note"], ""] + (fractions + [""] if fractions else []) + [BEST_NOTE, "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(str(r.get(c) or "-").replace("|", "/") for c in COLUMNS) + " |" for r in rows]
     releaser.atomic_write(stem + ".md", lambda f: f.write("\n".join(lines) + "\n"))
@@ -928,7 +983,8 @@ def release_finished(protocol, quick, arms, seeds, runs_dir, weights_dir=release
                 shown = " ".join(["python", os.path.basename(canon[1])] + canon[2:])
                 path, _ = releaser.release(out, method, weights_dir, name=arm if arm != method else None,
                                            protocol=tag, command=shown, run=os.path.join(tag, f"{arm}-s{seed}"),
-                                           wall_seconds=info.get("_wall"), device=info.get("_device"))
+                                           wall_seconds=info.get("_wall"), device=info.get("_device"),
+                                           **fraction_fields(spec["arms"][arm]))
             except ReleaseError as err:
                 failures[out] = f"{out}: not released: {err}"
                 print(f"FAILED: {failures[out]}", flush=True)

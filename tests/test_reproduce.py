@@ -30,6 +30,10 @@ ARMS = [(p, a) for p, s in reproduce.PROTOCOLS.items() for a in s["arms"]]
 @pytest.mark.parametrize("quick", [False, True])
 def test_every_command_is_a_valid_config(protocol, arm, quick, tmp_path):
     spec_ = reproduce.PROTOCOLS[protocol]
+    if quick and spec_["arms"][arm]["quick"] is None:
+        with pytest.raises(ValueError, match="no --quick variant"):
+            reproduce.command(spec_, arm, 3, str(tmp_path / "run"), quick, "data", "cpu", [])
+        return
     cmd = reproduce.command(spec_, arm, 3, str(tmp_path / "run"), quick, "data", "cpu", [])
     module = SCRIPTS[os.path.basename(cmd[1])]
     cfg = module.make_config(cmd[2:])  # parses the flags and validates the combination
@@ -41,6 +45,34 @@ def test_every_command_is_a_valid_config(protocol, arm, quick, tmp_path):
              "shapes": 737280}[cfg["dataset"]]
         full_iters = full["iterations"] or full["epochs"] * (n // full["batch_size"])
         assert quick_iters is not None and quick_iters < full_iters
+    elif spec_["arms"][arm].get("fraction"):
+        # a stated fraction of the paper protocol: its length and every schedule defined in
+        # updates are the preset's times that fraction; nothing else is overridden
+        num, den = spec_["arms"][arm]["fraction"]
+        width = {"--iterations": 1, "--r": 1, "--t-d": 1, "--c-cont": 3, "--c-disc": 3}
+        args, base = list(spec_["arms"][arm]["args"]), []
+        while args:                           # the arm's flags without its length and schedules
+            flag = args.pop(0)
+            if flag in width:
+                del args[:width[flag]]
+            else:
+                base.append(flag)
+        preset = module.make_config(base)     # the preset with the arm's objective (--beta-vae 4)
+        n = {"shapes": 737280}[cfg["dataset"]]
+        full_iters = preset["iterations"] or preset["epochs"] * (n // preset["batch_size"])
+        assert cfg["iterations"] * den == full_iters * num
+        scaled = {"c_cont": 2, "c_disc": 2, "r": None, "t_d": None}
+        for key, at in scaled.items():
+            if key in preset:
+                want = (preset[key][at] if at is not None else preset[key]) * num / den
+                got = cfg[key][at] if at is not None else cfg[key]
+                assert got == pytest.approx(want), key
+                if at is not None:
+                    assert cfg[key][:at] == preset[key][:at], key     # the ramp's end values are the paper's
+        same = {"lr", "batch_size", "beta_h", "beta_l", "lam", "cont", "disc", "beta", "beta_vae", "gamma",
+                "estimator", "arch", "precision"} & set(preset)
+        assert {k: cfg[k] for k in same} == {k: preset[k] for k in same}
+        assert spec_["arms"][arm]["schedules"].startswith("scaled") == any(k in preset for k in scaled)
     else:
         # the paper protocol is the script's own per-dataset preset: no training flag
         # (length, optimiser, schedules, latent sizes) is overridden
@@ -143,7 +175,9 @@ def test_dry_run_writes_nothing(tmp_path, capsys):
     reproduce.main(["--protocol", "all", "--quick", "--dry-run", "--seeds", "0",
                     "--runs-dir", str(runs), "--results-dir", str(results)])
     out = capsys.readouterr().out
-    assert out.count("python ") == len(ARMS)
+    quick = [(p, a) for p, a in ARMS if reproduce.PROTOCOLS[p]["arms"][a]["quick"] is not None]
+    assert out.count("python ") == len(quick) and len(quick) < len(ARMS)    # shapes-models has no --quick
+    assert out.count("no --quick variant defined, skipped") == len(ARMS) - len(quick)
     assert "--iterations 15000" in out and "--seed 0" in out
     assert not runs.exists() and not results.exists()
 
@@ -455,3 +489,26 @@ def test_corrupt_run_folders_are_failed_runs_in_the_table_and_the_exit_status(tm
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert f"FAILED: {folders[0]}: not released: {weights}/manifest.json: entry 0 of `weights` has no `file` field" \
         in r.stderr
+
+
+def test_shapes_models_state_their_fraction_in_the_table_the_manifest_and_the_readme(tmp_path):
+    runs_dir, weights = tmp_path / "runs", tmp_path / "results" / "weights"
+    for arm, updates in (("jointvae", 57600), ("betavae", 4000)):
+        _fake_run(reproduce.run_dir(str(runs_dir), "shapes-models", False, arm, 0),
+                  {"factor_vae_score": 0.7, "accuracy_hungarian": 0.4, "mig": 0.1, "mig_5factors": 0.1}, updates,
+                  3600.0, dataset="shapes")
+    reproduce.main(["--protocol", "shapes-models", "--arms", "jointvae", "betavae", "--seeds", "0", "--collect-only",
+                    "--release", "--weights-dir", str(weights)] + _dirs(tmp_path))
+    md = open(tmp_path / "results" / "shapes-models.md").read()
+    assert "- jointvae: 1/6 of its paper protocol; schedules scaled by 1/6: C_z -> 40" in md
+    assert "- betavae: 2/9 of its paper protocol; schedules none to scale" in md
+    entries = {e["file"]: e for e in reproduce.releaser.read_manifest(str(weights))}
+    assert set(entries) == {"jointvae-shapes-s0.pt", "betavae-shapes-s0.pt"}
+    assert (entries["jointvae-shapes-s0.pt"]["protocol_fraction"], entries["jointvae-shapes-s0.pt"]["schedules_scaled"]) \
+        == ("1/6", True)
+    assert (entries["betavae-shapes-s0.pt"]["protocol_fraction"], entries["betavae-shapes-s0.pt"]["schedules_scaled"]) \
+        == ("2/9", False)
+    table = reproduce.releaser.readme_table(list(entries.values()))
+    assert "| 0 | 57,600 (1/6 of the paper protocol, schedules scaled) |" in table
+    assert "| 0 | 4,000 (2/9 of the paper protocol) |" in table
+    assert "| beta-VAE | shapes" in table and "`python btcvae.py --dataset shapes --beta-vae 4 --seed 0 --pretrained`" in table
