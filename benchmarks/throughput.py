@@ -201,6 +201,41 @@ def bench_btcvae(args, device, rows):
                                    f"kl_analytic={res['kl_analytic']:.3f} (target <= 5 min)"))
 
 
+# Issue 26's targets for the other precision against fp32: speed-up of a whole update.
+SPEEDUP_TARGETS = {"jointvae": 1.4, "cascadevae": 1.8, "btcvae": 1.4}
+
+
+def side_by_side(rows, precisions):
+    """With several precisions: one row per timed thing, ms in each precision and the speed-up
+    over fp32 (fp32 ms / other ms), with issue 26's target on the whole-update rows."""
+    if len(precisions) < 2 or "fp32" not in precisions:
+        return []
+    ms = {}
+    for method, what, secs, _, _ in rows:
+        base, prec = what.rsplit(" [", 1)
+        ms.setdefault((method, base), {})[prec.rstrip("]")] = 1000 * secs
+    others = [p for p in precisions if p != "fp32"]
+    lines = ["", "Side by side (speed-up = fp32 ms / other ms; > 1 is faster):", "",
+             "| method | what | " + " | ".join(f"{p} ms" for p in precisions) + " | "
+             + " | ".join(f"{p} speed-up" for p in others) + " | target |",
+             "|---|---|" + "---|" * (len(precisions) + len(others) + 1)]
+    for (method, base), per in ms.items():
+        whole = not base.startswith("  of which") and "decomposition" not in base
+        target = SPEEDUP_TARGETS[method] if whole else None
+        cells, verdicts = [], []
+        for p in others:
+            if p in per and "fp32" in per and per[p] > 0:
+                up = per["fp32"] / per[p]
+                cells.append(f"{up:.2f}x")
+                if target is not None:
+                    verdicts.append(f"{p} >= {target}x: {'met' if up >= target else 'NOT met'}")
+            else:
+                cells.append("-")
+        lines.append(f"| {method} | {base} | " + " | ".join(f"{per[p]:,.2f}" if p in per else "-" for p in precisions)
+                     + " | " + " | ".join(cells) + " | " + ("; ".join(verdicts) or "-") + " |")
+    return lines
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", choices=["jointvae", "cascadevae", "btcvae"], nargs="+")
@@ -240,6 +275,7 @@ def main(argv=None):
     for method, what, secs, ips, note in rows:
         ips_s = "-" if ips != ips else f"{ips:,.0f}"
         lines.append(f"| {method} | {what} | {1000 * secs:,.2f} | {ips_s} | {note} |")
+    lines += side_by_side(rows, args.precision)
     text = "\n".join(lines)
     print(text)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

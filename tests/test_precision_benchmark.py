@@ -93,3 +93,19 @@ def test_dry_run_lists_paired_commands_and_bad_flags_are_one_sentence(tmp_path, 
         assert precision.main(bad + ["--dry-run", "--runs-dir", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"precision.py: error: {bad[0]}") and err.count("\n") == 1
+
+
+def test_throughput_puts_precisions_side_by_side_with_the_targets():
+    spec_ = importlib.util.spec_from_file_location("throughput_benchmark",
+                                                   os.path.join(ROOT, "benchmarks", "throughput.py"))
+    throughput = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(throughput)
+    rows = [("jointvae", "pure step [fp32]", 0.060, 0, ""), ("cascadevae", "step after t_d [fp32]", 0.100, 0, ""),
+            ("cascadevae", "  of which u [fp32]", 0.050, 0, ""),
+            ("jointvae", "pure step [bf16]", 0.040, 0, ""), ("cascadevae", "step after t_d [bf16]", 0.080, 0, ""),
+            ("cascadevae", "  of which u [bf16]", 0.020, 0, "")]
+    lines = throughput.side_by_side(rows, ["fp32", "bf16"])
+    assert "| jointvae | pure step | 60.00 | 40.00 | 1.50x | bf16 >= 1.4x: met |" in lines
+    assert "| cascadevae | step after t_d | 100.00 | 80.00 | 1.25x | bf16 >= 1.8x: NOT met |" in lines
+    assert "| cascadevae |   of which u | 50.00 | 20.00 | 2.50x | - |" in lines     # a part: no target
+    assert throughput.side_by_side(rows[:3], ["fp32"]) == []
