@@ -342,7 +342,8 @@ def update_readme(path, weights_dir=WEIGHTS_DIR):
 if __name__ == "__main__":
     import argparse
     p = argparse.ArgumentParser(description="Write README.md's table of released models from the manifest.")
-    p.add_argument("--readme", default=os.path.join(ROOT, "README.md"))
+    p.add_argument("--readme", nargs="?", const=os.path.join(ROOT, "README.md"), default=os.path.join(ROOT, "README.md"),
+                   metavar="PATH", help="the README to update (default: the repository's)")
     p.add_argument("--weights-dir", default=WEIGHTS_DIR)
     a = p.parse_args()
     print(f"{a.readme}: " + ("updated" if update_readme(a.readme, a.weights_dir) else "already up to date"))

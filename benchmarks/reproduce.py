@@ -51,6 +51,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -544,9 +545,11 @@ def read_run(out, weights_dir=releaser.WEIGHTS_DIR):
     m["_iterations"] = cfg.get("iterations_total", m.get("step"))
     m["_device"] = m.get("device", cfg.get("device"))
     if m["_device"] in (None, "auto") and os.path.isfile(os.path.join(out, "stdout.log")):
-        with open(os.path.join(out, "stdout.log"), errors="replace") as f:  # the scripts print "... device <name>"
-            words = f.read().split()
-        m["_device"] = next((w for a, w in zip(words, words[1:]) if a == "device"), m["_device"])
+        with open(os.path.join(out, "stdout.log"), errors="replace") as f:
+            # The scripts' banner says "..., <P> parameters [(arch)], device <name>, run folder ..."; the
+            # printed config's "device  auto" line is the flag, not the device. The last slice's.
+            found = re.findall(r"parameters(?: \([^)]*\))?, device ([\w:.]+)", f.read())
+        m["_device"] = found[-1] if found else m["_device"]
     m["_wall"] = wall
     return m
 

@@ -82,8 +82,12 @@ def replay(run_dir, extra, every=SELECTION_EVERY, dry_run=False, targets=None):
     steps = {}
     for c in commits:                       # the step of each committed checkpoint
         steps[c] = int(torch.load(_checkpoint_at(rel, c), map_location="cpu", weights_only=True)["step"])
-    current = int(torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=True)["step"])
-    have = {int(float(r["step"])) for r in read_evals(os.path.join(run_dir, "evals.csv"))}
+    evals = read_evals(evals_path(run_dir))
+    if os.path.isfile(os.path.join(run_dir, "checkpoint.pt")):
+        current = int(torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=True)["step"])
+    else:                                   # released: its folder is gone, its evals.csv kept with the weights
+        current = max([int(float(r["step"])) for r in evals] + list(steps.values()) + [0])
+    have = {int(float(r["step"])) for r in evals}
     have |= set(steps.values())            # a committed checkpoint on a multiple: `history` evaluates it
     wanted = [m for m in range(every, current + 1, every) if targets is None or m in targets]
     missing = [m for m in wanted if m not in have and not _cached_step(rel, m)]
@@ -153,15 +157,28 @@ def read_evals(path):
     return runs.read_log_rows(path) if os.path.exists(path) else []
 
 
+def evals_path(run_dir):
+    """RUN/evals.csv; for a released run, whose folder is removed, the copy kept with its
+    weights (results/weights/evals/<protocol>/<run>/evals.csv)."""
+    if os.path.isdir(run_dir):
+        return os.path.join(run_dir, "evals.csv")
+    released = os.path.join(ROOT, "results", "weights", "evals",
+                            *os.path.normpath(os.path.abspath(run_dir)).split(os.sep)[-2:], "evals.csv")
+    if os.path.isfile(released):
+        return released
+    raise SystemExit(f"trajectory.py: {run_dir} does not exist and no released evals.csv is at {released}.")
+
+
 def merge(run_dir, results):
-    """Add the history rows to RUN/evals.csv (rows of steps it has are kept as they are),
-    under the run folder's lock."""
-    path = os.path.join(run_dir, "evals.csv")
-    holder = runs.lock_holder(run_dir)
+    """Add the history rows to RUN/evals.csv, or a released run's kept copy (rows of steps it
+    has are kept as they are), under that folder's lock."""
+    path = evals_path(run_dir)
+    folder = os.path.dirname(path)
+    holder = runs.lock_holder(folder)
     if holder:
-        print(f"{run_dir} is in use ({holder}); its evals.csv is merged when it is not (the metrics are cached).")
+        print(f"{folder} is in use ({holder}); its evals.csv is merged when it is not (the metrics are cached).")
         return False
-    runs.acquire_lock(run_dir)
+    runs.acquire_lock(folder)
     try:
         rows = read_evals(path)
         have = {int(float(r["step"])) for r in rows}

@@ -512,3 +512,19 @@ def test_shapes_models_state_their_fraction_in_the_table_the_manifest_and_the_re
     assert "| 0 | 57,600 (1/6 of the paper protocol, schedules scaled) |" in table
     assert "| 0 | 4,000 (2/9 of the paper protocol) |" in table
     assert "| beta-VAE | shapes" in table and "`python btcvae.py --dataset shapes --beta-vae 4 --seed 0 --pretrained`" in table
+
+
+def test_the_device_comes_from_the_banner_not_the_printed_config(tmp_path):
+    out = reproduce.run_dir(str(tmp_path / "runs"), "mnist-accuracy", False, "cascadevae", 0)
+    _fake_run(out, {"accuracy_hungarian": 0.8}, 120000, 60.0)
+    with open(os.path.join(out, "metrics.json"), "w") as f:                 # as the scripts write it: no device
+        json.dump({"accuracy_hungarian": 0.8}, f)
+    with open(os.path.join(out, "stdout.log"), "w") as f:
+        f.write("  device            auto\n"
+                "CascadeVAE (eq. 5-6) on mnist (10000 images), 120000 updates, 635605 parameters, device cpu, run folder x\n"
+                "  device            auto\n"
+                "CascadeVAE (eq. 5-6) on mnist (10000 images), 120000 updates, 635605 parameters, device cuda:0\n")
+    assert reproduce.read_run(out)["_device"] == "cuda:0"                   # the last slice's
+    with open(os.path.join(out, "stdout.log"), "a") as f:                   # btcvae.py names its architecture
+        f.write("beta-TCVAE on shapes, 4000 updates, 123 parameters (mlp), device cpu, run folder x\n")
+    assert reproduce.read_run(out)["_device"] == "cpu"
