@@ -201,7 +201,7 @@ def conclusion(results, other):
         return (f"**Not concluded:** {len(missing)} of the runs have not finished"
                 + (" (" + ", ".join(f"{n} {p} seed {s}" for n, p, s in missing[:6]) + ")" if missing else "") + ".")
     if any(w != "within seed noise" for _, _, w in words):
-        return f"**Not concluded:** a comparison has only one seed per precision, so its spread is unknown."
+        return "**Not concluded:** a comparison has only one seed per precision, so its spread is unknown."
     return (f"**{other} is within seed noise of fp32** on every metric of every comparison "
             "(no gap between the means exceeds the sum of the two seeds' standard deviations).")
 
@@ -334,7 +334,11 @@ def main(argv=None):
         if stopped:
             print(f"precision.py: stopped by {stopped}; the same command continues the runs exactly.", flush=True)
             return 128 + int(getattr(signal, stopped))
-    results = [collect(name, precisions, args.seeds, args.runs_dir) for name in names]
+    try:
+        results = [collect(name, precisions, args.seeds, args.runs_dir) for name in names]
+    except reproduce.ReleaseError as err:                  # a damaged log.csv: one sentence
+        print(f"precision.py: error: {err}", file=sys.stderr)
+        return 1
     text = report(results, argv, device_description(args.device), args.iterations)
     reproduce.releaser.atomic_write(args.out, lambda f: f.write(text + "\n"))
     print(text)

@@ -346,4 +346,7 @@ if __name__ == "__main__":
                    metavar="PATH", help="the README to update (default: the repository's)")
     p.add_argument("--weights-dir", default=WEIGHTS_DIR)
     a = p.parse_args()
-    print(f"{a.readme}: " + ("updated" if update_readme(a.readme, a.weights_dir) else "already up to date"))
+    try:
+        print(f"{a.readme}: " + ("updated" if update_readme(a.readme, a.weights_dir) else "already up to date"))
+    except (ReleaseError, OSError) as err:
+        raise SystemExit(f"release.py: {err}") from None

@@ -167,10 +167,10 @@ PROTOCOLS = {
             "factor_vae_score": {},
         },
     ),
-    # One seed of each method on `shapes` for the figures and the notebooks. Their full
-    # protocols take 10-24 single-thread CPU hours each here, so each arm runs a stated
-    # `fraction` of its protocol (about 5 CPU hours) with the schedules defined in updates
-    # scaled by the same fraction, so that they end where the paper's do, relative to the run.
+    # One seed of each method on `shapes` for the figures and the notebooks. Each arm runs a
+    # stated `fraction` of its paper protocol (about 5 single-thread CPU hours, estimated from
+    # the --quick runs' time per update) with the schedules defined in updates scaled by the
+    # same fraction, so that they end where the paper's do, relative to the run.
     "shapes-models": dict(
         doc="The `shapes` models released for the figures and the notebooks: one seed of each method, each at "
             "a stated fraction of its paper protocol (NOT the full protocol; about 5 single-thread CPU hours each).",

@@ -109,3 +109,15 @@ def test_throughput_puts_precisions_side_by_side_with_the_targets():
     assert "| cascadevae | step after t_d | 100.00 | 80.00 | 1.25x | bf16 >= 1.8x: NOT met |" in lines
     assert "| cascadevae |   of which u | 50.00 | 20.00 | 2.50x | - |" in lines     # a part: no target
     assert throughput.side_by_side(rows[:3], ["fp32"]) == []
+
+
+def test_a_damaged_log_is_one_sentence_not_a_traceback(tmp_path, capsys):
+    for p in ("fp32", "bf16"):
+        for seed in (0, 1):
+            _run(tmp_path, p, seed, dict(mig=0.1, mig_5factors=0.2, factor_vae_score=0.7), [100])
+    with open(os.path.join(precision.run_folder(str(tmp_path), NAME, "bf16", 1), "log.csv"), "a") as f:
+        f.write("200,not-a-number,1,1,1,1,64\n")
+    rc = precision.main(["--only", NAME, "--collect-only", "--runs-dir", str(tmp_path), "--out", str(tmp_path / "p.md")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("precision.py: error: ") and "is not a number" in err and err.count("\n") == 1
+    assert not (tmp_path / "p.md").exists()
