@@ -544,7 +544,7 @@ def save_figures(model, cfg, ds, indices, mu, kl_units, device, out, log_path=No
         # eq. S4 = log (1/B) sum_j q(z_i|n_j) - log N: MWS is the batch's own decomposition
         # (the batch as the whole data set) plus the constants log N, (D-1) log N, -D log N,
         # which would flatten the plot; MSS (eq. S6) needs no such shift.
-        ln = math.log(cfg["train_size"]) if cfg["estimator"] == "mws" else 0.0
+        ln = math.log(cfg["train_size"]) if cfg["estimator"] == "mws" and cfg.get("train_size") else 0.0
         curves = {"index-code MI": log["mi"] - ln, "total correlation": log["tc"] - (d - 1) * ln,
                   "dimension-wise KL": log["dwkl"] + d * ln, "KL (closed form)": log["kl"]}
         hl = {f"full data: {name} {decomposition[key]:.2f}": decomposition[key]
@@ -617,7 +617,7 @@ PRESET_SOURCES = {"lr": "supp. H", "batch_size": "supp. H", "alpha": "sec. 3.2.1
                   "cont": "authors' vae_quant.py default", "epochs": "authors' vae_quant.py default"}
 # The settings of a trained model that --eval-only takes from its checkpoint.
 TRAINED_WITH = ("cont", "arch", "alpha", "beta", "gamma", "beta_vae", "estimator", "lr", "batch_size", "epochs",
-                "iterations", "train_split")
+                "iterations", "train_split", "train_size")
 
 
 def build_parser(dataset="shapes"):
@@ -699,7 +699,7 @@ def main(argv=None):
             nets.set_precision(model, cfg["precision"], device)
             print("config (the checkpoint's own settings):\n" + runs.format_config(cfg))
             with runs.staged_evaluation(cfg, "btcvae", eval_config=cfg) as out:
-                res = evaluate(model, cfg, device, step, out)
+                res = evaluate(model, cfg, device, step, out, log_path=runs.training_log(cfg))
             return report(res, cfg)
         print("config:\n" + runs.format_config(cfg))
         runs.check_out_dir(cfg["out"], new_run=not cfg["resume"], overwrite=cfg["overwrite"])

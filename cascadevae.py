@@ -679,7 +679,7 @@ def main(argv=None):
             nets.set_precision(model, cfg["precision"], device)
             print("config (the checkpoint's own settings):\n" + runs.format_config(cfg))
             with runs.staged_evaluation(cfg, "cascadevae", eval_config=cfg) as out:
-                res = evaluate(model, cfg, device, step, out)
+                res = evaluate(model, cfg, device, step, out, log_path=runs.training_log(cfg))
             runs.print_summary(res, cfg["out"])
             return res
         print("config:\n" + runs.format_config(cfg))

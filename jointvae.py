@@ -571,7 +571,7 @@ def main(argv=None):
             nets.set_precision(model, cfg["precision"], device)
             print("config (the checkpoint's own settings):\n" + runs.format_config(cfg))
             with runs.staged_evaluation(cfg, "jointvae", eval_config=cfg) as out:
-                res = evaluate(model, cfg, device, step, out)
+                res = evaluate(model, cfg, device, step, out, log_path=runs.training_log(cfg))
             runs.print_summary(res, cfg["out"])
             return res
         print("config:\n" + runs.format_config(cfg))

@@ -514,6 +514,23 @@ def use_pretrained(cfg, name):
     return cfg
 
 
+def training_log(cfg):
+    """The log.csv of the training behind an --eval-only / --pretrained model, from which the
+    evaluation draws the KL during training: the one kept with a release (its manifest entry's
+    `log`), or that of the run folder holding the checkpoint. None when there is none."""
+    if not cfg.get("checkpoint"):
+        return None
+    path = checkpoint_path(cfg["checkpoint"])
+    if cfg.get("pretrained"):
+        weights_dir = cfg.get("weights_dir") or WEIGHTS_DIR
+        kept = [e.get("log") for e in read_manifest(weights_dir) if e["file"] == os.path.basename(path)]
+        log = os.path.join(weights_dir, kept[0]) if kept and kept[0] else None
+    else:  # a run folder's (its config.json with it), not some other log.csv beside a file
+        folder = run_dir_of(path)
+        log = os.path.join(folder, "log.csv") if os.path.isfile(os.path.join(folder, "config.json")) else None
+    return log if log and os.path.isfile(log) else None
+
+
 def validate_run_flags(cfg, finite_keys):
     """One ValueError sentence for the first bad value of a flag every script has, before
     anything is written (including the flags only evaluation and figures use)."""

@@ -235,19 +235,23 @@ def release(run_dir, method, weights_dir=WEIGHTS_DIR, name=None, **provenance):
         if previous is not None:
             _remove(previous)
         raise
-    # 1b. the run's trajectory (--eval-every), kept with the release: evals/<run>/evals.csv.
-    evals = os.path.join(run_dir, "evals.csv")
-    if os.path.isfile(evals):
-        rel = os.path.join("evals", provenance.get("run") or os.path.basename(os.path.normpath(run_dir)), "evals.csv")
-        with open(evals) as f:
+    # 1b. kept with the release in evals/<run>/: the run's trajectory (evals.csv, written by
+    #     --eval-every) and its training log (log.csv, from which --pretrained draws the KL
+    #     during training).
+    kept_dir = os.path.join("evals", provenance.get("run") or os.path.basename(os.path.normpath(run_dir)))
+    for record, key in (("evals.csv", "evals"), ("log.csv", "log")):
+        source = os.path.join(run_dir, record)
+        if not os.path.isfile(source):
+            continue
+        rel = os.path.join(kept_dir, record)
+        with open(source) as f:
             text = f.read()
         try:
-            os.makedirs(os.path.dirname(os.path.join(weights_dir, rel)), exist_ok=True)
+            os.makedirs(os.path.join(weights_dir, kept_dir), exist_ok=True)
         except OSError as err:
-            raise ReleaseError(f"could not create {os.path.dirname(os.path.join(weights_dir, rel))} "
-                               f"({_reason(err)}).") from None
-        atomic_write(os.path.join(weights_dir, rel), lambda f: f.write(text))
-        entry["evals"] = rel
+            raise ReleaseError(f"could not create {os.path.join(weights_dir, kept_dir)} ({_reason(err)}).") from None
+        atomic_write(os.path.join(weights_dir, rel), lambda f, text=text: f.write(text))
+        entry[key] = rel
     # 2. the manifest entry, last.
     try:
         write_json(os.path.join(weights_dir, "manifest.json"), dict(note=NOTE, weights=entries))

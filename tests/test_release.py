@@ -190,3 +190,17 @@ def test_released_float16_weights_evaluate_to_the_manifest_metrics(tmp_path):
     res = btcvae.main(base + ["--pretrained", "--seed", "2", "--weights-dir", weights, "--out", str(tmp_path / "ev")])
     checked = [k for k in ("factor_vae_score", "mig") if entry["metrics"].get(k) is not None]
     assert checked and all(abs(res[k] - entry["metrics"][k]) <= 0.002 for k in checked)
+    # The training log travels with the weights, and --pretrained draws the KL during training from it.
+    assert entry["log"] == os.path.join("evals", "run", "log.csv")
+    assert open(os.path.join(weights, entry["log"])).read() == open(os.path.join(run, "log.csv")).read()
+    assert os.path.isfile(tmp_path / "ev" / "kl_during_training.png")
+    # --eval-only draws it from the checkpoint's run folder, never from a log.csv beside a bare file.
+    btcvae.main(base + ["--eval-only", "--checkpoint", run, "--out", str(tmp_path / "ev2")])
+    assert os.path.isfile(tmp_path / "ev2" / "kl_during_training.png")
+    os.makedirs(tmp_path / "bare")
+    torch.save(torch.load(os.path.join(run, "checkpoint.pt"), weights_only=True), tmp_path / "bare" / "checkpoint.pt")
+    with open(tmp_path / "bare" / "log.csv", "w") as f:
+        f.write(open(os.path.join(run, "log.csv")).read())
+    btcvae.main(base + ["--eval-only", "--checkpoint", str(tmp_path / "bare" / "checkpoint.pt"),
+                        "--out", str(tmp_path / "ev3")])
+    assert not os.path.exists(tmp_path / "ev3" / "kl_during_training.png")
