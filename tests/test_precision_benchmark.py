@@ -82,10 +82,10 @@ def test_one_seed_or_an_unfinished_run_is_not_concluded(tmp_path):
 def test_dry_run_lists_paired_commands_and_bad_flags_are_one_sentence(tmp_path, capsys):
     assert precision.main(["--only", "jointvae-mnist", "--dry-run", "--runs-dir", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 6                                                 # 3 seeds x 2 precisions
+    assert len(lines) == 10                                                # 5 seeds x 2 precisions
     assert all("--train-split test" in ln for ln in lines)
-    assert sum("--precision bf16" in ln for ln in lines) == 3
-    assert f"{tmp_path}/precision/jointvae-mnist/bf16-s2" in lines[-1]
+    assert sum("--precision bf16" in ln for ln in lines) == 5
+    assert f"{tmp_path}/precision/jointvae-mnist/bf16-s4" in lines[-1]
     with pytest.raises(SystemExit):                                        # fp32 is the reference
         precision.main(["--against", "fp32", "--dry-run"])
     assert "invalid choice: 'fp32'" in capsys.readouterr().err
@@ -121,3 +121,19 @@ def test_a_damaged_log_is_one_sentence_not_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith("precision.py: error: ") and "is not a number" in err and err.count("\n") == 1
     assert not (tmp_path / "p.md").exists()
+
+
+def test_runs_kept_without_weights_are_read_and_the_device_note_heads_the_report(tmp_path):
+    for p in ("fp32", "bf16"):
+        for seed in (0, 1):
+            out = _run(tmp_path, p, seed, dict(mig=0.1 + 0.01 * seed, mig_5factors=0.2, factor_vae_score=0.7), [100])
+            os.remove(os.path.join(out, "checkpoint.pt"))      # the committed paired runs keep no weights
+    r = _collect(tmp_path)
+    assert all(run["status"] == "done" for run in r["runs"].values())
+    out = tmp_path / "precision.md"
+    assert precision.main(["--only", NAME, "--seeds", "0", "1", "--collect-only", "--runs-dir", str(tmp_path),
+                           "--out", str(out),
+                           "--device-note", "a GPU elsewhere, torch 9.9"]) == 0
+    text = out.read_text()
+    assert "a GPU elsewhere, torch 9.9." in text.splitlines()[2]
+    assert "**bf16 is within seed noise of fp32**" in text
