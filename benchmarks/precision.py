@@ -13,8 +13,8 @@ other precision may be used for the `shapes` models):
                           protocol, 15,600 updates), seeds 0-4
   cascadevae-mnist-quick  CascadeVAE, mnist-accuracy --quick (15,000 updates, r = 1250), seeds 0-3
   btcvae-shapes-quick     beta-TCVAE (beta 6), dsprites-mig --quick (2000 updates, batch 128), seeds 0-3
-Issue 26 asks for at least 3, 2 and 2 seeds; two more each, because a verdict between two
-seeds' spreads is fragile (the README's rule sums two sample standard deviations).
+Two seeds more than the minimum of 3, 2 and 2, because a verdict between small samples' spreads
+is fragile (the README's rule sums two sample standard deviations).
 
 Each run is benchmarks/reproduce.py's command for that protocol arm plus `--precision P`,
 in RUNS/precision/<comparison>/<P>-s<seed>/ (a finished folder is reused, a paused one is
@@ -124,9 +124,12 @@ def run_status(out):
     path = os.path.join(out, "metrics.json")
     if os.path.isfile(path):
         try:
-            return "done", reproduce.releaser.read_json(path)
+            metrics = reproduce.releaser.read_json(path)
         except reproduce.ReleaseError as err:
             return "failed", str(err)
+        if not isinstance(metrics, dict):
+            return "failed", f"{path} is not a JSON object; train the run again."
+        return "done", metrics
     return reproduce.run_status(out)
 
 
