@@ -137,3 +137,8 @@ def test_runs_kept_without_weights_are_read_and_the_device_note_heads_the_report
     text = out.read_text()
     assert "a GPU elsewhere, torch 9.9." in text.splitlines()[2]
     assert "**bf16 is within seed noise of fp32**" in text
+    bad = precision.run_folder(str(tmp_path), NAME, "bf16", 1)
+    with open(os.path.join(bad, "metrics.json"), "w") as f:
+        f.write("[1, 2]")
+    status, why = precision.run_status(bad)
+    assert status == "failed" and why.endswith("is not a JSON object; train the run again.")
