@@ -141,4 +141,4 @@ def test_runs_kept_without_weights_are_read_and_the_device_note_heads_the_report
     with open(os.path.join(bad, "metrics.json"), "w") as f:
         f.write("[1, 2]")
     status, why = precision.run_status(bad)
-    assert status == "failed" and why.endswith("is not a JSON object; train the run again.")
+    assert status == "failed" and "holds a JSON list, not the dict expected" in why
